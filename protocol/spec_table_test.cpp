@@ -5,7 +5,7 @@
 
 #include <fstream>
 #include <map>
-#include <regex>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 
@@ -29,28 +29,46 @@ struct SpecIds {
   std::map<unsigned, std::string> protocol_features;
 };
 
+// "``VHOST_USER_NAME``..." -> "NAME", else empty.
+std::string heading_name(const std::string& line) {
+  const std::string open = "``VHOST_USER_";
+  if (line.rfind(open, 0) != 0) return {};
+  const size_t end = line.find("``", open.size());
+  return end == std::string::npos ? std::string{} : line.substr(open.size(), end - open.size());
+}
+
+// "  :id: N" -> N, else -1.
+long id_value(const std::string& line) {
+  const size_t at = line.find(":id:");
+  if (at == std::string::npos || line.find_first_not_of(' ') != at) return -1;
+  return std::strtol(line.c_str() + at + 4, nullptr, 10);
+}
+
 // Reads "``VHOST_USER_NAME``" headings followed by ":id: N" in the two
-// message-type sections, and the VHOST_USER_PROTOCOL_F_* defines.
+// message-type sections, and the VHOST_USER_PROTOCOL_F_* defines. (No
+// std::regex: g++ 12 warns inside it at -O2 with sanitizers.)
 SpecIds parse_spec(const std::string& text) {
   SpecIds ids;
   std::istringstream in(text);
   std::string line, pending;
   enum { kNone, kFront, kBack } section = kNone;
-  const std::regex heading(R"(^``VHOST_USER_([A-Z0-9_]+)``)");
-  const std::regex id(R"(^\s+:id:\s+([0-9]+))");
-  const std::regex pf(R"(#define VHOST_USER_PROTOCOL_F_([A-Z0-9_]+)\s+([0-9]+))");
-  std::smatch m;
+  const std::string define = "#define VHOST_USER_PROTOCOL_F_";
   while (std::getline(in, line)) {
     if (line == "Front-end message types") section = kFront;
     if (line == "Back-end message types") section = kBack;
     if (line.rfind("For the message types that already solicit", 0) == 0) section = kNone;
-    if (std::regex_search(line, m, pf)) ids.protocol_features[std::stoul(m[2])] = m[1];
+    if (size_t at = line.find(define); at != std::string::npos) {
+      std::istringstream def(line.substr(at + define.size()));
+      std::string name;
+      unsigned bit;
+      if (def >> name >> bit) ids.protocol_features[bit] = name;
+    }
     if (section == kNone) continue;
-    if (std::regex_search(line, m, heading)) {
-      pending = m[1];
-    } else if (!pending.empty() && std::regex_search(line, m, id)) {
+    if (std::string name = heading_name(line); !name.empty()) {
+      pending = name;
+    } else if (long id = id_value(line); !pending.empty() && id >= 0) {
       auto& map = section == kFront ? ids.frontend : ids.backend;
-      map[static_cast<uint32_t>(std::stoul(m[1]))] = pending;
+      map[static_cast<uint32_t>(id)] = pending;
       pending.clear();
     }
   }
