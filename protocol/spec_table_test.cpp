@@ -80,6 +80,8 @@ struct SpecCase {
   SpecText text;
 };
 
+void PrintTo(const SpecCase& c, std::ostream* os) { *os << c.file; }
+
 class SpecTable : public ::testing::TestWithParam<SpecCase> {
  protected:
   void SetUp() override {
