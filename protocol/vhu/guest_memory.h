@@ -21,7 +21,7 @@ struct HostSpan {
 
 class GuestMemory {
  public:
-  GuestMemory() = default;
+  GuestMemory();  // out of line: Region is incomplete here
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;
   GuestMemory(GuestMemory&&) noexcept;
