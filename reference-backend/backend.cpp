@@ -1,0 +1,345 @@
+#include "backend.h"
+
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "faults.h"
+#include "log.h"
+#include "vhu/features.h"
+
+namespace vsockref {
+
+using vhu::bit;
+using vhu::has_bit;
+
+Backend::Backend(EventLoop& loop, ReplySink& sink, BackendOptions opts, Router* router)
+    : loop_(loop), sink_(sink), opts_(std::move(opts)), device_(loop, *this, opts_.vsock, router) {}
+
+Backend::~Backend() { disconnect(); }
+
+uint64_t Backend::offered_features() {
+  namespace f = vhu::feature;
+  return VsockDevice::device_features() | bit(f::RING_INDIRECT_DESC) | bit(f::RING_EVENT_IDX) |
+         bit(f::VHOST_USER_F_PROTOCOL_FEATURES) | bit(f::VERSION_1);
+}
+
+uint64_t Backend::offered_protocol_features() {
+  namespace p = vhu::protocol_feature;
+  return bit(p::MQ) | bit(p::REPLY_ACK) | bit(p::CONFIG) | bit(p::RESET_DEVICE) | bit(p::CONFIGURE_MEM_SLOTS) |
+         bit(p::STATUS) | bit(p::DEVICE_STATE);
+}
+
+bool Backend::suspended() const {
+  for (const Vring& r : rings_)
+    if (r.started) return false;
+  return true;
+}
+
+// ---- replies ----
+
+void Backend::reply(const vhu::Message& req, vhu::Message&& r) {
+  r.hdr.request = req.hdr.request;
+  r.hdr.flags = vhu::kVersion | vhu::kFlagReply;
+  if (VSOCKREF_FAULT(wrong_reply_flags)) r.hdr.flags = vhu::kVersion;
+  r.hdr.size = static_cast<uint32_t>(r.payload.size());
+  VLOG(Trace, "{}: reply {}", opts_.vsock.name, vhu::describe(vhu::Plane::Frontend, r));
+  sink_.send(std::move(r));
+}
+
+void Backend::reply_u64(const vhu::Message& req, uint64_t v) {
+  vhu::Message r;
+  r.set_payload(v);
+  reply(req, std::move(r));
+}
+
+// ---- message entry point ----
+
+namespace {
+
+// How many fds a request may carry; the rest are closed unread.
+size_t allowed_fds(const vhu::Message& m) {
+  const vhu::RequestInfo* info = vhu::request_info(vhu::Plane::Frontend, m.hdr.request);
+  if (!info) return 0;
+  switch (info->request_fds) {
+    case vhu::FdRule::None: return 0;
+    case vhu::FdRule::One:
+    case vhu::FdRule::OptionalOne: return 1;
+    case vhu::FdRule::VringFd: {
+      auto v = vhu::payload_u64(vhu::Plane::Frontend, m);
+      return v.ok() && (*v & vhu::kVringNoFdFlag) ? 0 : 1;
+    }
+    case vhu::FdRule::Regions: {
+      auto t = vhu::payload_memory_table(m);
+      return t.ok() ? t->size() : 0;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+Disposition Backend::handle(vhu::Message msg) {
+  if (deferred_check_) {
+    // The caller did not wait for the deferred reply; never block on the pipe.
+    transfer_event();
+    if (deferred_check_) {
+      VLOG(Warn, "{}: CHECK_DEVICE_STATE overtaken by {} before the load finished: load failed", opts_.vsock.name,
+           vhu::request_name(vhu::Plane::Frontend, msg.hdr.request));
+      transfer_ = Transfer::Failed;
+      answer_deferred_check();
+    }
+  }
+  const std::string name = vhu::request_name(vhu::Plane::Frontend, msg.hdr.request);
+  VLOG(Debug, "{}: <- {}", opts_.vsock.name, vhu::describe(vhu::Plane::Frontend, msg));
+
+  if (auto v = vhu::check_header_version(msg); !v) {
+    VLOG(Error, "{}: closing the connection: {} (field flags)", opts_.vsock.name, v.message());
+    return Disposition::Close;
+  }
+  if (msg.is_reply()) {
+    VLOG(Error, "{}: closing the connection: {}: field flags = {:#x} has the reply bit set on a request",
+         opts_.vsock.name, name, msg.hdr.flags);
+    return Disposition::Close;
+  }
+  const size_t allowed = allowed_fds(msg);
+  if (msg.fds.size() > allowed) {
+    VLOG(Warn, "{}: {} carries {} fd(s), takes {}: closing the surplus", opts_.vsock.name, name, msg.fds.size(),
+         allowed);
+    if (VSOCKREF_FAULT(leak_extra_fds))
+      for (size_t i = allowed; i < msg.fds.size(); ++i) (void)msg.fds[i].release();
+    msg.fds.resize(allowed);
+  }
+
+  Ctx ctx{msg, name, false, false, {}};
+  const HandlerFn fn = lookup(msg.hdr.request, ctx);
+  if (!fn) {
+    const vhu::RequestInfo* info = vhu::request_info(vhu::Plane::Frontend, msg.hdr.request);
+    // Answer whenever the front-end will wait for an answer: need_reply, or
+    // a request whose own reply is a u64 (a refusal fits in one).
+    const bool own_u64 = info && info->reply == vhu::PayloadKind::U64;
+    VLOG(Warn, "{}: {} refused: {}", opts_.vsock.name, name, ctx.refusal);
+    if (msg.need_reply() || own_u64) {
+      const bool state_fd = msg.hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_DEVICE_STATE_FD);
+      reply_u64(msg, state_fd ? (1 | vhu::kDeviceStateInvalidFd) : 1);
+    }
+    return Disposition::Continue;
+  }
+
+  auto r = (this->*fn)(ctx);
+  if (!r) {
+    VLOG(Error, "{}: closing the connection: {}", opts_.vsock.name, r.message());
+    return Disposition::Close;
+  }
+  if (*r != 0) VLOG(Warn, "{}: {} failed ({})", opts_.vsock.name, name, *r);
+  if (ctx.deferred) return Disposition::Wait;
+  if (!ctx.replied && msg.need_reply() && !VSOCKREF_FAULT(ignore_need_reply)) reply_u64(msg, *r);
+  run_device();
+  return Disposition::Continue;
+}
+
+// ---- RingIo ----
+
+bool Backend::ring_usable(unsigned q) const {
+  if (q >= kNumQueues) return false;
+  const Vring& r = rings_[q];
+  // Without VHOST_USER_F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE, so
+  // a ring counts as enabled (INTEROP bug 2).
+  const bool negotiated = protocol_features_set_ || has_bit(features_, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES);
+  const bool enabled = r.enabled || !negotiated;
+  bool started = r.started;
+  if (VSOCKREF_FAULT(process_while_stopped) && q == vhu::vsock::kRxQueue) started = true;
+  if (VSOCKREF_FAULT(lose_kick_before_enable) && r.kick_lost) return false;
+  return started && enabled && r.queue.ready() && !r.broken;
+}
+
+bool Backend::ring_started(unsigned q) const { return q < kNumQueues && rings_[q].started; }
+
+std::optional<vhu::Chain> Backend::pop(unsigned q) {
+  Vring& r = rings_[q];
+  auto c = r.queue.pop();
+  if (c.ok()) return std::move(*c);
+  if (VSOCKREF_FAULT(crash_on_bad_descriptor)) std::abort();
+  // A guest bug must not take the whole VM's device down with a crash, nor
+  // spin on the same bad entry: the ring stops until it is set up again.
+  VLOG(Error, "{}: ring {}: {}; ring stopped until the front-end sets it up again", opts_.vsock.name, q, c.message());
+  r.broken = true;
+  signal(r.err);
+  return std::nullopt;
+}
+
+void Backend::push(unsigned q, uint16_t head, uint32_t written) {
+  Vring& r = rings_[q];
+  if (auto p = r.queue.push(head, written); !p) {
+    VLOG(Error, "{}: ring {}: {}", opts_.vsock.name, q, p.message());
+    return;
+  }
+  r.notify_due = true;
+}
+
+bool Backend::rearm(unsigned q) {
+  Vring& r = rings_[q];
+  if (!r.queue.ready()) return false;
+  r.queue.enable_notifications(true);
+  auto n = r.queue.pending();
+  return n.ok() && *n > 0;
+}
+
+void Backend::signal(const vhu::UniqueFd& fd) {
+  if (!fd) return;
+  const uint64_t one = 1;
+  ssize_t n = ::write(fd.get(), &one, sizeof one);
+  (void)n;  // a full or odd call fd is the front-end's problem, never ours to block on
+}
+
+void Backend::run_device() {
+  if (in_device_) {
+    rerun_ = true;
+    return;
+  }
+  in_device_ = true;
+  do {
+    rerun_ = false;
+    device_.process();
+  } while (rerun_);
+  for (Vring& r : rings_) {
+    if (!r.notify_due) continue;
+    r.notify_due = false;
+    if (r.queue.should_notify()) signal(r.call);
+  }
+  in_device_ = false;
+}
+
+// ---- ring management ----
+
+vhu::Result<void> Backend::bind_ring(unsigned q) {
+  Vring& r = rings_[q];
+  auto unbind = [&] {
+    if (!r.queue.ready()) return;
+    const uint16_t base = r.queue.last_avail();
+    r.queue.reset();
+    r.queue.set_last_avail(base);
+  };
+  if (!r.addr || r.num == 0 || mem_.num_regions() == 0) {
+    unbind();
+    return vhu::Ok();
+  }
+  vhu::DeviceQueue::Options o;
+  o.indirect = has_bit(features_, vhu::feature::RING_INDIRECT_DESC);
+  o.event_idx = has_bit(features_, vhu::feature::RING_EVENT_IDX);
+  const vhu::VringAddr& a = *r.addr;
+  auto res = VSOCKREF_FAULT(mem_table_confuse_gpa_uva)
+                 ? r.queue.setup_gpa(mem_, r.num, a.desc_user_addr, a.avail_user_addr, a.used_user_addr, o)
+                 : r.queue.setup_uva(mem_, r.num, a.desc_user_addr, a.avail_user_addr, a.used_user_addr, o);
+  if (!res) {
+    // The old pointers may refer to a mapping that is gone.
+    unbind();
+    return res.error();
+  }
+  r.broken = false;
+  return vhu::Ok();
+}
+
+void Backend::rebind_all() {
+  for (unsigned q = 0; q < kNumQueues; ++q) {
+    if (auto b = bind_ring(q); !b)
+      VLOG(Warn, "{}: ring {} cannot be used with this memory table: {}", opts_.vsock.name, q, b.message());
+  }
+}
+
+void Backend::watch_kick(unsigned q) {
+  Vring& r = rings_[q];
+  if (!r.kick) return;
+  set_nonblocking(r.kick.get());
+  auto added = loop_.add(r.kick.get(), EPOLLIN, [this, q](uint32_t ev) { on_kick(q, ev); });
+  if (!added) {
+    VLOG(Warn, "{}: ring {}: kick fd cannot be watched ({}); polling the ring instead", opts_.vsock.name, q,
+         added.message());
+    r.poll = true;
+    arm_poll_timer();
+  }
+}
+
+void Backend::on_kick(unsigned q, uint32_t events) {
+  Vring& r = rings_[q];
+  if (!r.kick) return;
+  uint64_t v;
+  const ssize_t n = ::read(r.kick.get(), &v, sizeof v);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || (events & (EPOLLHUP | EPOLLERR))) {
+    // Not an eventfd that stays open: stop watching rather than spin.
+    VLOG(Warn, "{}: ring {}: kick fd unusable (read {}, events {:#x}); no longer watched", opts_.vsock.name, q, n,
+         events);
+    loop_.remove(r.kick.get());
+  }
+  if (r.enabled) {
+    r.kick_lost = false;
+  } else if (VSOCKREF_FAULT(lose_kick_before_enable)) {
+    r.kick_lost = true;
+  }
+  run_device();
+}
+
+void Backend::arm_poll_timer() {
+  if (poll_timer_) return;
+  poll_timer_ = loop_.add_timer(std::chrono::milliseconds(1), [this] {
+    poll_timer_ = 0;
+    bool any = false;
+    for (const Vring& r : rings_) any = any || (r.started && r.poll);
+    if (!any) return;
+    run_device();
+    arm_poll_timer();
+  });
+}
+
+void Backend::stop_ring(unsigned q) {
+  Vring& r = rings_[q];
+  if (r.started) {
+    r.stopped_at = Vring::StopPoint{r.queue.last_avail(), r.addr.value_or(vhu::VringAddr{})};
+  }
+  r.started = false;
+  r.poll = false;
+  if (r.kick) loop_.remove(r.kick.get());
+  r.kick.reset();
+  device_.rings_changed();
+}
+
+void Backend::reset_rings() {
+  for (Vring& r : rings_) {
+    if (r.kick) loop_.remove(r.kick.get());
+    r = Vring{};
+  }
+}
+
+void Backend::device_reset(const char* why) {
+  VLOG(Info, "{}: device reset ({})", opts_.vsock.name, why);
+  device_.reset();
+  reset_rings();
+  status_ = 0;
+  features_ = 0;
+  features_set_ = false;
+  device_.set_features(0);
+  cancel_transfer();
+}
+
+void Backend::disconnect() {
+  device_.reset();
+  reset_rings();
+  mem_.clear();
+  features_ = 0;
+  features_set_ = false;
+  device_.set_features(0);
+  protocol_features_ = 0;
+  protocol_features_set_ = false;
+  owner_set_ = false;
+  status_ = 0;
+  cancel_transfer();
+  transfer_ = Transfer::None;
+  deferred_check_ = false;
+  if (poll_timer_) loop_.cancel_timer(poll_timer_);
+  poll_timer_ = 0;
+}
+
+}  // namespace vsockref

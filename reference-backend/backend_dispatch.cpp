@@ -1,0 +1,458 @@
+// The request table and one handler per supported front-end request.
+#include <fmt/format.h>
+#include <sys/epoll.h>
+
+#include <array>
+#include <cstring>
+
+#include "backend.h"
+#include "faults.h"
+#include "log.h"
+#include "vhu/features.h"
+#include "vhu/split_ring.h"
+
+namespace vsockref {
+
+using vhu::FrontendReq;
+using vhu::has_bit;
+namespace pf = vhu::protocol_feature;
+
+namespace {
+
+// What a request needs before it is legal.
+enum class Gate : uint8_t {
+  None,
+  ProtocolFeatures,  // VHOST_USER_F_PROTOCOL_FEATURES negotiated
+  Pf,                // the protocol feature in `pf_bit` negotiated
+};
+
+struct Entry {
+  FrontendReq req;
+  Backend::HandlerFn fn;
+  Gate gate;
+  unsigned pf_bit;
+};
+
+}  // namespace
+
+// Friend-free access to private member pointers: the table is built inside a
+// member function.
+Backend::HandlerFn Backend::lookup(uint32_t id, Ctx& ctx) const {
+  static const Entry kTable[] = {
+      {FrontendReq::GET_FEATURES, &Backend::get_features, Gate::None, 0},
+      {FrontendReq::SET_FEATURES, &Backend::set_features, Gate::None, 0},
+      {FrontendReq::GET_PROTOCOL_FEATURES, &Backend::get_protocol_features, Gate::None, 0},
+      {FrontendReq::SET_PROTOCOL_FEATURES, &Backend::set_protocol_features, Gate::None, 0},
+      {FrontendReq::SET_OWNER, &Backend::set_owner, Gate::None, 0},
+      {FrontendReq::RESET_OWNER, &Backend::reset_owner, Gate::None, 0},
+      {FrontendReq::SET_MEM_TABLE, &Backend::set_mem_table, Gate::None, 0},
+      {FrontendReq::SET_VRING_NUM, &Backend::set_vring_num, Gate::None, 0},
+      {FrontendReq::SET_VRING_ADDR, &Backend::set_vring_addr, Gate::None, 0},
+      {FrontendReq::SET_VRING_BASE, &Backend::set_vring_base, Gate::None, 0},
+      {FrontendReq::GET_VRING_BASE, &Backend::get_vring_base, Gate::None, 0},
+      {FrontendReq::SET_VRING_KICK, &Backend::set_vring_kick, Gate::None, 0},
+      {FrontendReq::SET_VRING_CALL, &Backend::set_vring_call, Gate::None, 0},
+      {FrontendReq::SET_VRING_ERR, &Backend::set_vring_err, Gate::None, 0},
+      {FrontendReq::SET_VRING_ENABLE, &Backend::set_vring_enable, Gate::ProtocolFeatures, 0},
+      {FrontendReq::GET_QUEUE_NUM, &Backend::get_queue_num, Gate::Pf, pf::MQ},
+      {FrontendReq::GET_CONFIG, &Backend::get_config, Gate::Pf, pf::CONFIG},
+      {FrontendReq::SET_CONFIG, &Backend::set_config, Gate::Pf, pf::CONFIG},
+      {FrontendReq::RESET_DEVICE, &Backend::reset_device, Gate::Pf, pf::RESET_DEVICE},
+      {FrontendReq::GET_MAX_MEM_SLOTS, &Backend::get_max_mem_slots, Gate::Pf, pf::CONFIGURE_MEM_SLOTS},
+      {FrontendReq::ADD_MEM_REG, &Backend::add_mem_reg, Gate::Pf, pf::CONFIGURE_MEM_SLOTS},
+      {FrontendReq::REM_MEM_REG, &Backend::rem_mem_reg, Gate::Pf, pf::CONFIGURE_MEM_SLOTS},
+      {FrontendReq::SET_STATUS, &Backend::set_status, Gate::Pf, pf::STATUS},
+      {FrontendReq::GET_STATUS, &Backend::get_status, Gate::Pf, pf::STATUS},
+      {FrontendReq::SET_DEVICE_STATE_FD, &Backend::set_device_state_fd, Gate::Pf, pf::DEVICE_STATE},
+      {FrontendReq::CHECK_DEVICE_STATE, &Backend::check_device_state, Gate::Pf, pf::DEVICE_STATE},
+  };
+  // Indexed by request id once, so dispatch is one array access.
+  static const auto kById = [] {
+    std::array<const Entry*, 64> by{};
+    for (const Entry& e : kTable) by[static_cast<uint32_t>(e.req)] = &e;
+    return by;
+  }();
+
+  const Entry* e = id < kById.size() ? kById[id] : nullptr;
+  if (!e) {
+    ctx.refusal = vhu::request_info(vhu::Plane::Frontend, id) ? "not supported by this back-end"
+                                                               : "unknown request id";
+    return nullptr;
+  }
+  switch (e->gate) {
+    case Gate::None: break;
+    case Gate::ProtocolFeatures:
+      if (!protocol_features_set_ && !has_bit(features_, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES)) {
+        ctx.refusal = "VHOST_USER_F_PROTOCOL_FEATURES was not negotiated";
+        return nullptr;
+      }
+      break;
+    case Gate::Pf:
+      if (!has_bit(protocol_features_, e->pf_bit)) {
+        ctx.refusal = fmt::format("protocol feature {} was not negotiated", vhu::protocol_feature_name(e->pf_bit));
+        return nullptr;
+      }
+      break;
+  }
+  return e->fn;
+}
+
+vhu::Result<unsigned> Backend::ring_index(const Ctx& c, uint64_t index) const {
+  if (index >= kNumQueues)
+    return vhu::Err(fmt::format("{}: field index = {} names no vsock ring (0 rx, 1 tx, 2 event)", c.name, index));
+  return static_cast<unsigned>(index);
+}
+
+// ---- features ----
+
+vhu::Result<uint64_t> Backend::get_features(Ctx& c) {
+  reply_u64(c.msg, offered_features());
+  c.replied = true;
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_features(Ctx& c) {
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, c.msg);
+  if (!v) return v.error();
+  const uint64_t unoffered = *v & ~offered_features();
+  features_ = *v & offered_features();
+  features_set_ = true;
+  device_.set_features(features_);
+  // "upon receiving a VHOST_USER_SET_FEATURES message from the front-end
+  // without VHOST_USER_F_PROTOCOL_FEATURES set, the back-end must enable all
+  // rings immediately."
+  if (!has_bit(*v, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES))
+    for (Vring& r : rings_) r.enabled = true;
+  rebind_all();  // INDIRECT_DESC and EVENT_IDX change how rings are walked
+  device_.rings_changed();
+  if (unoffered) {
+    VLOG(Warn, "{}: SET_FEATURES: field u64 has bits {:#x} ({}) that were not offered", opts_.vsock.name, unoffered,
+         vhu::virtio_features_string(unoffered));
+    return 1;
+  }
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::get_protocol_features(Ctx& c) {
+  reply_u64(c.msg, offered_protocol_features());
+  c.replied = true;
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_protocol_features(Ctx& c) {
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, c.msg);
+  if (!v) return v.error();
+  const uint64_t unoffered = *v & ~offered_protocol_features();
+  protocol_features_ = *v & offered_protocol_features();
+  protocol_features_set_ = true;
+  if (unoffered) {
+    VLOG(Warn, "{}: SET_PROTOCOL_FEATURES: field u64 has bits {:#x} ({}) that were not offered", opts_.vsock.name,
+         unoffered, vhu::protocol_features_string(unoffered));
+    return 1;
+  }
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_owner(Ctx&) {
+  owner_set_ = true;
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::reset_owner(Ctx&) {
+  // Deprecated; the spec recommends ignoring it, since back-ends that
+  // discarded state on it broke.
+  VLOG(Info, "{}: RESET_OWNER ignored (deprecated)", opts_.vsock.name);
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::reset_device(Ctx&) {
+  // "disable all rings and reset all internal device state to the initial
+  // state"; the memory table belongs to the session and stays (QEMU 10 does
+  // not re-send it after a reset).
+  device_reset("RESET_DEVICE");
+  return 0;
+}
+
+// ---- memory ----
+
+vhu::Result<uint64_t> Backend::set_mem_table(Ctx& c) {
+  auto t = vhu::payload_memory_table(c.msg);
+  if (!t) return t.error();
+  if (c.msg.fds.size() != t->size())
+    return vhu::Err(fmt::format("SET_MEM_TABLE: field nregions = {} but {} fd(s) attached", t->size(),
+                                c.msg.fds.size()));
+  auto r = mem_.set_table(*t, std::move(c.msg.fds));
+  if (!r) {
+    VLOG(Warn, "{}: SET_MEM_TABLE refused: {}", opts_.vsock.name, r.message());
+    return 1;
+  }
+  rebind_all();
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::get_max_mem_slots(Ctx& c) {
+  reply_u64(c.msg, mem_.max_regions());
+  c.replied = true;
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::add_mem_reg(Ctx& c) {
+  auto m = vhu::payload_mem_region(c.msg);
+  if (!m) return m.error();
+  if (c.msg.fds.size() != 1) return vhu::Err("ADD_MEM_REG: no fd attached for the region");
+  auto r = mem_.add_region(m->region, std::move(c.msg.fds[0]));
+  if (!r) {
+    VLOG(Warn, "{}: ADD_MEM_REG refused: {}", opts_.vsock.name, r.message());
+    return 1;
+  }
+  rebind_all();
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::rem_mem_reg(Ctx& c) {
+  auto m = vhu::payload_mem_region(c.msg);
+  if (!m) return m.error();
+  auto r = mem_.remove_region(m->region);
+  if (!r) {
+    VLOG(Warn, "{}: REM_MEM_REG refused: {}", opts_.vsock.name, r.message());
+    return 1;
+  }
+  rebind_all();
+  return 0;
+}
+
+// ---- rings ----
+
+vhu::Result<uint64_t> Backend::set_vring_num(Ctx& c) {
+  auto s = vhu::payload_vring_state(vhu::Plane::Frontend, c.msg);
+  if (!s) return s.error();
+  auto q = ring_index(c, s->index);
+  if (!q) return q.error();
+  if (!vhu::vring::valid_queue_size(s->num) || s->num > opts_.max_queue_size) {
+    VLOG(Warn, "{}: SET_VRING_NUM: field num = {} is not a power of two up to {}", opts_.vsock.name, s->num,
+         opts_.max_queue_size);
+    return 1;
+  }
+  rings_[*q].num = s->num;
+  if (auto b = bind_ring(*q); !b) VLOG(Debug, "{}: ring {} not usable yet: {}", opts_.vsock.name, *q, b.message());
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_vring_addr(Ctx& c) {
+  auto a = vhu::payload_vring_addr(c.msg);
+  if (!a) return a.error();
+  auto q = ring_index(c, a->index);
+  if (!q) return q.error();
+  // log_guest_addr means something only with VHOST_VRING_F_LOG; QEMU always
+  // fills it in, so it is never looked at otherwise.
+  if (a->flags & vhu::kVringFlagLog) {
+    VLOG(Warn, "{}: SET_VRING_ADDR: field flags = {:#x} asks for used-ring logging, which needs LOG_ALL (not offered)",
+         opts_.vsock.name, a->flags);
+    return 1;
+  }
+  rings_[*q].addr = *a;
+  if (auto b = bind_ring(*q); !b) {
+    VLOG(Warn, "{}: SET_VRING_ADDR ring {}: {}", opts_.vsock.name, *q, b.message());
+    return 1;
+  }
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_vring_base(Ctx& c) {
+  auto s = vhu::payload_vring_state(vhu::Plane::Frontend, c.msg);
+  if (!s) return s.error();
+  auto q = ring_index(c, s->index);
+  if (!q) return q.error();
+  if (s->num > 0xffff) {
+    VLOG(Warn, "{}: SET_VRING_BASE: field num = {:#x} does not fit a split ring's 16-bit index", opts_.vsock.name,
+         s->num);
+    return 1;
+  }
+  rings_[*q].queue.set_last_avail(static_cast<uint16_t>(s->num));
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::get_vring_base(Ctx& c) {
+  auto s = vhu::payload_vring_state(vhu::Plane::Frontend, c.msg);
+  if (!s) return s.error();
+  auto q = ring_index(c, s->index);
+  if (!q) return q.error();
+  // Everything popped has been pushed already (the device completes each
+  // chain before it returns), so nothing is in flight to drain.
+  const uint16_t base = rings_[*q].queue.last_avail();
+  stop_ring(*q);
+  vhu::VringState st{s->index, VSOCKREF_FAULT(get_vring_base_returns_zero) ? 0u : base};
+  vhu::Message r;
+  r.set_payload(st);
+  reply(c.msg, std::move(r));
+  c.replied = true;
+  return 0;
+}
+
+namespace {
+struct VringFdArg {
+  uint64_t index;
+  bool nofd;
+};
+VringFdArg vring_fd_arg(uint64_t v) { return {v & vhu::kVringIndexMask, (v & vhu::kVringNoFdFlag) != 0}; }
+}  // namespace
+
+vhu::Result<uint64_t> Backend::set_vring_kick(Ctx& c) {
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, c.msg);
+  if (!v) return v.error();
+  const auto arg = vring_fd_arg(*v);
+  auto q = ring_index(c, arg.index);
+  if (!q) return q.error();
+  if (!arg.nofd && c.msg.fds.empty())
+    return vhu::Err(fmt::format("SET_VRING_KICK: field u64 = {:#x} has no no-fd flag but no fd is attached", *v));
+  Vring& r = rings_[*q];
+  if (r.kick) loop_.remove(r.kick.get());
+  r.kick = arg.nofd ? vhu::UniqueFd{} : std::move(c.msg.fds[0]);
+  r.poll = arg.nofd;
+  // A driver that re-initialised the ring (guest reset under QEMU 7.2, which
+  // has no RESET_DEVICE) shows up as a restart with other addresses or base:
+  // its connections are gone, so ours must go too (README, "Resets").
+  if (r.stopped_at) {
+    const bool same = r.stopped_at->base == r.queue.last_avail() && r.addr &&
+                      std::memcmp(&r.stopped_at->addr, &*r.addr, sizeof(vhu::VringAddr)) == 0;
+    if (!same) {
+      VLOG(Info, "{}: ring {} restarted at base {} (stopped at {}) or moved: the driver was reset", opts_.vsock.name,
+           *q, r.queue.last_avail(), r.stopped_at->base);
+      device_.reset();
+    }
+    r.stopped_at.reset();
+  }
+  // Newest text: the ring starts here. Upstream text: on the kick, which QEMU
+  // injects by handing over an fd that is already signalled. Starting here
+  // and reading the ring at once satisfies both (README, "Ring states").
+  r.started = true;
+  r.broken = false;
+  r.kick_lost = false;
+  watch_kick(*q);
+  if (r.poll) arm_poll_timer();
+  device_.rings_changed();
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_vring_call(Ctx& c) {
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, c.msg);
+  if (!v) return v.error();
+  const auto arg = vring_fd_arg(*v);
+  auto q = ring_index(c, arg.index);
+  if (!q) return q.error();
+  if (!arg.nofd && c.msg.fds.empty())
+    return vhu::Err(fmt::format("SET_VRING_CALL: field u64 = {:#x} has no no-fd flag but no fd is attached", *v));
+  Vring& r = rings_[*q];
+  // Replacing closes the old fd: QEMU sends a new one on every start and stop.
+  r.call = arg.nofd ? vhu::UniqueFd{} : std::move(c.msg.fds[0]);
+  if (r.call) set_nonblocking(r.call.get());
+  if (VSOCKREF_FAULT(call_while_suspended) && suspended()) signal(r.call);
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_vring_err(Ctx& c) {
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, c.msg);
+  if (!v) return v.error();
+  const auto arg = vring_fd_arg(*v);
+  auto q = ring_index(c, arg.index);
+  if (!q) return q.error();
+  if (!arg.nofd && c.msg.fds.empty())
+    return vhu::Err(fmt::format("SET_VRING_ERR: field u64 = {:#x} has no no-fd flag but no fd is attached", *v));
+  Vring& r = rings_[*q];
+  r.err = arg.nofd ? vhu::UniqueFd{} : std::move(c.msg.fds[0]);
+  if (r.err) set_nonblocking(r.err.get());
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_vring_enable(Ctx& c) {
+  auto s = vhu::payload_vring_state(vhu::Plane::Frontend, c.msg);
+  if (!s) return s.error();
+  auto q = ring_index(c, s->index);
+  if (!q) return q.error();
+  if (s->num > 1) {
+    VLOG(Warn, "{}: SET_VRING_ENABLE: field num = {} is neither 0 nor 1", opts_.vsock.name, s->num);
+    return 1;
+  }
+  rings_[*q].enabled = s->num == 1;
+  device_.rings_changed();
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::get_queue_num(Ctx& c) {
+  reply_u64(c.msg, kNumQueues);
+  c.replied = true;
+  return 0;
+}
+
+// ---- config and status ----
+
+vhu::Result<uint64_t> Backend::get_config(Ctx& c) {
+  auto p = vhu::payload_config(c.msg);
+  if (!p) return p.error();
+  const auto cfg = device_.config();
+  const uint64_t end = uint64_t{p->hdr.offset} + p->hdr.size;
+  if (end > cfg.size()) {
+    // "vhost-user back-end uses zero length of payload to indicate an error"
+    VLOG(Warn, "{}: GET_CONFIG: field offset = {} size = {} reaches past the {}-byte config", opts_.vsock.name,
+         p->hdr.offset, p->hdr.size, cfg.size());
+    reply(c.msg, vhu::Message{});
+    c.replied = true;
+    return 0;
+  }
+  vhu::Message r = vhu::make_config_message(static_cast<uint32_t>(FrontendReq::GET_CONFIG), p->hdr,
+                                            std::span<const uint8_t>(cfg.data() + p->hdr.offset, p->hdr.size), true);
+  reply(c.msg, std::move(r));
+  c.replied = true;
+  device_.config_read();
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_config(Ctx& c) {
+  auto p = vhu::payload_config(c.msg);
+  if (!p) return p.error();
+  const auto cfg = device_.config();
+  const uint64_t end = uint64_t{p->hdr.offset} + p->hdr.size;
+  if (end > cfg.size()) {
+    VLOG(Warn, "{}: SET_CONFIG: field offset = {} size = {} reaches past the {}-byte config", opts_.vsock.name,
+         p->hdr.offset, p->hdr.size, cfg.size());
+    return 1;
+  }
+  // guest_cid is the only field and it is read-only: "back-ends MUST NOT
+  // accept SET_CONFIG for read-only configuration space fields unless the
+  // live migration bit is set". With it, only the value we have is accepted:
+  // the CID is this back-end's identity on the host side.
+  const bool same = std::memcmp(cfg.data() + p->hdr.offset, p->data.data(), p->hdr.size) == 0;
+  if (p->hdr.flags == vhu::kConfigFlagLiveMigration && same) return 0;
+  VLOG(Warn, "{}: SET_CONFIG refused: guest_cid is read-only (field flags = {})", opts_.vsock.name, p->hdr.flags);
+  return 1;
+}
+
+vhu::Result<uint64_t> Backend::get_status(Ctx& c) {
+  reply_u64(c.msg, status_);
+  c.replied = true;
+  return 0;
+}
+
+vhu::Result<uint64_t> Backend::set_status(Ctx& c) {
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, c.msg);
+  if (!v) return v.error();
+  if (*v > 0xff) {
+    VLOG(Warn, "{}: SET_STATUS: field u64 = {:#x} is not a status byte", opts_.vsock.name, *v);
+    return 1;
+  }
+  if (*v == 0) {
+    device_reset("status 0");
+    return 0;
+  }
+  constexpr uint8_t kFeaturesOk = 8;
+  status_ = static_cast<uint8_t>(*v);
+  // A device that cannot work with the acked features leaves FEATURES_OK
+  // clear for the driver to see (virtio 3.1.1).
+  if ((status_ & kFeaturesOk) && !has_bit(features_, vhu::feature::VERSION_1)) {
+    status_ &= static_cast<uint8_t>(~kFeaturesOk);
+    VLOG(Warn, "{}: SET_STATUS: FEATURES_OK without VERSION_1 acked; cleared", opts_.vsock.name);
+  }
+  return 0;
+}
+
+}  // namespace vsockref

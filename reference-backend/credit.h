@@ -1,0 +1,53 @@
+// virtio-vsock credit arithmetic (virtio 1.3, 5.10.6.3 "Buffer Space
+// Management"): free-running u32 counters compared modulo 2^32.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace vsockref {
+
+// What the device may send to one side of a stream.
+struct PeerCredit {
+  uint32_t buf_alloc = 0;  // peer's receive buffer, from its last header
+  uint32_t fwd_cnt = 0;    // bytes the peer has consumed, from its last header
+  uint32_t tx_cnt = 0;     // bytes we have sent it
+
+  // "u32 peer_free = peer_buf_alloc - (tx_cnt - peer_fwd_cnt);" A peer whose
+  // fwd_cnt runs ahead of what we sent, or whose buf_alloc shrank below the
+  // bytes in flight, gets zero rather than a wrapped huge value.
+  uint32_t available() const {
+    const uint32_t in_flight = tx_cnt - fwd_cnt;
+    if (in_flight > buf_alloc) return 0;
+    return buf_alloc - in_flight;
+  }
+  void update(uint32_t new_buf_alloc, uint32_t new_fwd_cnt) {
+    buf_alloc = new_buf_alloc;
+    fwd_cnt = new_fwd_cnt;
+  }
+  void sent(uint32_t n) { tx_cnt += n; }
+};
+
+// What we advertise to the guest for the guest-to-host direction: a buffer of
+// `buf_alloc` bytes, `fwd_cnt` of them passed on to the host so far.
+struct LocalCredit {
+  uint32_t buf_alloc = 0;
+  uint32_t rx_cnt = 0;        // payload bytes received from the guest
+  uint32_t fwd_cnt = 0;       // of those, forwarded to the host
+  uint32_t reported_fwd = 0;  // fwd_cnt in the last header we sent
+
+  uint32_t buffered() const { return rx_cnt - fwd_cnt; }
+  // A guest that respects credit can never make this false.
+  bool can_accept(uint32_t len) const { return len <= buf_alloc && buffered() <= buf_alloc - len; }
+  // The space the guest believes it has, from what we last told it.
+  uint32_t guest_view_free() const {
+    const uint32_t in_flight = rx_cnt - reported_fwd;
+    return in_flight > buf_alloc ? 0 : buf_alloc - in_flight;
+  }
+  // Tell the guest about freed space once its view has dropped below half the
+  // buffer: often enough that a sender never stalls, rarely enough that a
+  // bulk transfer does not pay one update per packet.
+  bool update_due() const { return fwd_cnt != reported_fwd && guest_view_free() < buf_alloc / 2; }
+};
+
+}  // namespace vsockref

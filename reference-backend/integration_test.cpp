@@ -1,0 +1,493 @@
+// The back-end on a socketpair, driven as QEMU and a Linux guest drive it
+// (libvhu Channel + DriverQueue), with real host programs on Unix sockets.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <sys/un.h>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "device_state.h"
+#include "test_guest.h"
+#include "vhu/features.h"
+
+namespace vsockref::test {
+namespace {
+
+using namespace std::chrono_literals;
+using vhu::FrontendReq;
+using vhu::vsock::Op;
+namespace pf = vhu::protocol_feature;
+constexpr uint64_t kQemuPf = vhu::bit(pf::REPLY_ACK) | vhu::bit(pf::CONFIG) | vhu::bit(pf::STATUS);
+
+uint16_t op(Op o) { return static_cast<uint16_t>(o); }
+std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+// Drives a guest-initiated connection to host port `port`; returns the host fd.
+vhu::UniqueFd connect_guest_to_host(Harness& h, uint32_t guest_port, uint32_t port, int listen_fd) {
+  Guest& g = *h.guest;
+  g.send_pkt(g.hdr(2, guest_port, port, Op::REQUEST));
+  auto p = g.recv_pkt();
+  EXPECT_TRUE(p.has_value());
+  if (!p) return {};
+  EXPECT_EQ(p->hdr.op, op(Op::RESPONSE));
+  EXPECT_EQ(p->hdr.src_cid, 2u);
+  EXPECT_EQ(p->hdr.dst_port, guest_port);
+  return accept_one(listen_fd);
+}
+
+// Guest sends `data` to the host within the credit the device advertises.
+void guest_send_stream(Harness& h, uint32_t gport, uint32_t hport, const std::vector<uint8_t>& data, int host_fd,
+                       std::vector<uint8_t>& host_got, uint32_t buf_alloc, uint32_t fwd) {
+  Guest& g = *h.guest;
+  uint32_t tx_cnt = 0;
+  size_t off = 0;
+  while (off < data.size() || host_got.size() < data.size()) {
+    const uint32_t credit = buf_alloc - (tx_cnt - fwd);
+    if (off < data.size() && credit > 0) {
+      const size_t n = std::min<size_t>({data.size() - off, credit, 16384});
+      g.send_pkt(g.hdr(2, gport, hport, Op::RW, static_cast<uint32_t>(n)),
+                 std::vector<uint8_t>(data.begin() + static_cast<ptrdiff_t>(off),
+                                      data.begin() + static_cast<ptrdiff_t>(off + n)));
+      off += n;
+      tx_cnt += static_cast<uint32_t>(n);
+    }
+    uint8_t buf[65536];
+    const size_t r = read_some(host_fd, buf, sizeof buf, 5ms);
+    host_got.insert(host_got.end(), buf, buf + r);
+    while (auto p = g.recv_pkt(1ms)) {
+      ASSERT_NE(p->hdr.op, op(Op::RST));
+      buf_alloc = p->hdr.buf_alloc;
+      fwd = p->hdr.fwd_cnt;
+    }
+    if (off == data.size() && r == 0 && host_got.size() < data.size()) {
+      // keep draining
+      const size_t more = read_some(host_fd, buf, sizeof buf, 200ms);
+      ASSERT_GT(more + host_got.size(), host_got.size()) << "stream stalled at " << host_got.size();
+      host_got.insert(host_got.end(), buf, buf + more);
+    }
+  }
+}
+
+// Host writes `data`; the guest receives it, returning credit as it goes.
+std::vector<uint8_t> host_send_stream(Harness& h, uint32_t gport, uint32_t hport, const std::vector<uint8_t>& data,
+                                      int host_fd) {
+  Guest& g = *h.guest;
+  std::vector<uint8_t> got;
+  size_t off = 0;
+  uint32_t since_update = 0;
+  while (got.size() < data.size()) {
+    if (off < data.size()) {
+      const ssize_t w = ::send(host_fd, data.data() + off, std::min<size_t>(data.size() - off, 65536),
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w > 0) off += static_cast<size_t>(w);
+    }
+    auto p = g.recv_pkt(50ms);
+    if (!p) {
+      EXPECT_LT(off, data.size() + 1);
+      if (off == data.size()) {
+        p = g.recv_pkt(2000ms);
+        if (!p) {
+          ADD_FAILURE() << "host-to-guest stream stalled at " << got.size();
+          return got;
+        }
+      } else {
+        continue;
+      }
+    }
+    if (p->hdr.op == op(Op::RW)) {
+      EXPECT_EQ(p->hdr.dst_port, gport);
+      EXPECT_EQ(p->hdr.src_port, hport);
+      EXPECT_LE(p->hdr.len, g.buf_alloc);
+      got.insert(got.end(), p->payload.begin(), p->payload.end());
+      since_update += p->hdr.len;
+      if (since_update >= 64 * 1024) {
+        g.send_pkt(g.hdr(2, gport, hport, Op::CREDIT_UPDATE));
+        since_update = 0;
+      }
+    } else if (p->hdr.op == op(Op::CREDIT_REQUEST)) {
+      g.send_pkt(g.hdr(2, gport, hport, Op::CREDIT_UPDATE));
+    } else {
+      EXPECT_EQ(p->hdr.op, op(Op::CREDIT_UPDATE)) << vhu::vsock::describe(p->hdr);
+    }
+  }
+  return got;
+}
+
+TEST(Integration, QemuStartupKeepsTheRequestQueuedBeforeEnable) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  // As in the traces: rx buffers and a pending REQUEST are in the rings
+  // before SET_VRING_KICK, and the enables come after the kicks.
+  g.post_rx(64);
+  g.send_pkt(g.hdr(2, 5000, 1234, Op::REQUEST));
+  g.start();
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p.has_value()) << "the REQUEST queued before SET_VRING_ENABLE was lost";
+  EXPECT_EQ(p->hdr.op, op(Op::RESPONSE));
+  EXPECT_EQ(p->hdr.dst_cid, 3u);
+  EXPECT_TRUE(accept_one(l.get()).valid());
+}
+
+TEST(Integration, GuestToHostAndHostToGuestStreamsAreByteExact) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(64, Guest::kRxBuf, /*split=*/true);
+  g.start();
+  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  ASSERT_TRUE(host.valid());
+  const auto up = random_bytes(1 << 20, 1);
+  std::vector<uint8_t> host_got;
+  guest_send_stream(h, 5000, 1234, up, host.get(), host_got, 64 * 1024, 0);
+  EXPECT_TRUE(host_got == up);
+  const auto down = random_bytes(1 << 20, 2);
+  auto guest_got = host_send_stream(h, 5000, 1234, down, host.get());
+  EXPECT_TRUE(guest_got == down);
+  // Host half-closes: the guest hears SHUTDOWN(SEND) only.
+  ::shutdown(host.get(), SHUT_WR);
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN));
+  EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend);
+  // The other direction still works.
+  const std::vector<uint8_t> tail = {1, 2, 3};
+  g.send_pkt(g.hdr(2, 5000, 1234, Op::RW, 3), tail);
+  uint8_t buf[8];
+  EXPECT_EQ(read_some(host.get(), buf, sizeof buf, 2000ms), 3u);
+  // The guest closes: SHUTDOWN both, answered by RST; the host sees EOF.
+  auto sd = g.hdr(2, 5000, 1234, Op::SHUTDOWN);
+  sd.flags = 3;
+  g.send_pkt(sd);
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RST));
+  pollfd pfd{host.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1);
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 0);
+}
+
+TEST(Integration, HostConnectGetsOkWithTheHostPort) {
+  Harness h;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(32);
+  g.start();
+  auto host = host_connect(h.cfg.uds_path, 5000);
+  // Bytes right after the line belong to the stream.
+  const std::string early = "early";
+  ASSERT_TRUE(write_all(host.get(), reinterpret_cast<const uint8_t*>(early.data()), early.size()));
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::REQUEST));
+  EXPECT_EQ(p->hdr.src_cid, 2u);
+  EXPECT_EQ(p->hdr.dst_port, 5000u);
+  const uint32_t hport = p->hdr.src_port;
+  g.send_pkt(g.hdr(2, 5000, hport, Op::RESPONSE));
+  EXPECT_EQ(read_line(host.get()), "OK " + std::to_string(hport) + "\n");
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RW));
+  EXPECT_EQ(std::string(p->payload.begin(), p->payload.end()), "early");
+  // Host closes: SHUTDOWN with both flags.
+  host.reset();
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN));
+  EXPECT_EQ(p->hdr.flags, 3u);
+}
+
+TEST(Integration, RefusedAndUnknownGetRstButRstNever) {
+  Harness h;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(32);
+  g.start();
+  g.send_pkt(g.hdr(2, 5000, 4321, Op::REQUEST));  // nobody listens
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RST));
+  g.send_pkt(g.hdr(2, 5001, 4321, Op::RW, 0));  // unknown connection
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RST));
+  g.send_pkt(g.hdr(2, 5002, 4321, Op::RST));  // an RST is never answered
+  g.send_pkt(g.hdr(77, 5003, 1, Op::REQUEST));  // no such CID
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RST));
+  EXPECT_EQ(p->hdr.dst_port, 5003u);
+  auto spoof = g.hdr(2, 5004, 1, Op::REQUEST);
+  spoof.src_cid = 9;  // dropped without a word
+  g.send_pkt(spoof);
+  EXPECT_FALSE(g.recv_pkt(200ms));
+}
+
+TEST(Integration, StopContQueuesHostDataAndDeliversItOnce) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(64);
+  g.start();
+  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  ASSERT_TRUE(host.valid());
+  const auto bases = g.stop();
+  EXPECT_EQ(bases[1], g.txq.avail_idx()) << "GET_VRING_BASE must return the next avail index";
+  bool suspended = false;
+  h.on_loop([&] { suspended = h.vm->backend().suspended(); });
+  EXPECT_TRUE(suspended);
+  // While suspended: host data waits, nothing is written to guest memory,
+  // and a new call fd is not signalled.
+  const uint16_t used_before = g.rxq.device_used_idx();
+  auto fresh_call = vhu::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  auto call = vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_VRING_CALL), uint64_t{0});
+  call.fds.push_back(vhu::UniqueFd(::dup(fresh_call.get())));
+  g.send(std::move(call));
+  const auto data = random_bytes(20000, 3);
+  ASSERT_TRUE(write_all(host.get(), data.data(), data.size()));
+  g.post_rx(8);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(g.rxq.device_used_idx(), used_before);
+  uint64_t v = 0;
+  EXPECT_LT(::read(fresh_call.get(), &v, sizeof v), 0) << "a suspended device signalled a call fd";
+  // cont: same addresses, the bases GET_VRING_BASE returned.
+  g.start(false, bases[0], bases[1]);
+  std::vector<uint8_t> got;
+  while (got.size() < data.size()) {
+    auto p = g.recv_pkt();
+    ASSERT_TRUE(p) << "after cont got " << got.size();
+    if (p->hdr.op == op(Op::RW)) got.insert(got.end(), p->payload.begin(), p->payload.end());
+  }
+  EXPECT_TRUE(got == data);
+  EXPECT_FALSE(g.recv_pkt(200ms)) << "data delivered twice";
+  // The connection survived: guest to host still works.
+  g.send_pkt(g.hdr(2, 5000, 1234, Op::RW, 2), {7, 8});
+  uint8_t buf[4];
+  EXPECT_EQ(read_some(host.get(), buf, sizeof buf, 2000ms), 2u);
+}
+
+TEST(Integration, DriverResetClosesHostConnections) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(16);
+  g.start();
+  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  ASSERT_TRUE(host.valid());
+  g.stop();
+  g.start(false, 0, 0);  // base 0 after traffic: the driver re-initialised the rings
+  uint8_t buf[4];
+  pollfd pfd{host.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1);
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 0);
+}
+
+TEST(Integration, ResetDeviceKeepsMemoryRegions) {
+  Harness h;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf | vhu::bit(pf::RESET_DEVICE));
+  g.start();
+  g.stop();
+  g.send(vhu::Message::empty(static_cast<uint32_t>(FrontendReq::RESET_DEVICE)));
+  EXPECT_EQ(g.request_u64(vhu::Message::empty(static_cast<uint32_t>(FrontendReq::GET_STATUS))), 0u);
+  // Ring addresses translate without a new memory table.
+  vhu::VringAddr a{1, 0, g.ram.uva(g.txq.desc_gpa()), g.ram.uva(g.txq.used_gpa()), g.ram.uva(g.txq.avail_gpa()), 0};
+  g.send(vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_VRING_NUM), vhu::VringState{1, 128}));
+  EXPECT_EQ(g.request_u64(vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_VRING_ADDR), a, true)),
+            0u);
+}
+
+// Loads a device state into a fresh session, as a QEMU 10 destination does:
+// before SET_FEATURES, memory or rings.
+void load_state(Guest& g, bool check_early) {
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  auto m = vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_DEVICE_STATE_FD),
+                                      vhu::DeviceStateParams{1, 0});
+  m.fds.emplace_back(p[0]);
+  EXPECT_EQ(g.request_u64(std::move(m)), 0x100u);
+  DeviceState s;
+  s.guest_cid = 3;
+  s.config = {3};
+  s.features = g.features;
+  const auto blob = serialize_device_state(s);
+  if (check_early) {
+    // CHECK_DEVICE_STATE while the load is still being read: no answer yet.
+    g.send(vhu::Message::empty(static_cast<uint32_t>(FrontendReq::CHECK_DEVICE_STATE)));
+    auto r = g.chan.recv(300);
+    EXPECT_FALSE(r.ok()) << "answered before the transfer completed";
+    ASSERT_EQ(::write(p[1], blob.data(), blob.size()), static_cast<ssize_t>(blob.size()));
+    ::close(p[1]);
+    r = g.chan.recv(3000);
+    ASSERT_TRUE(r.ok());
+    auto v = vhu::payload_u64(vhu::Plane::Frontend, *r);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(*v, 0u);
+  } else {
+    ASSERT_EQ(::write(p[1], blob.data(), blob.size()), static_cast<ssize_t>(blob.size()));
+    ::close(p[1]);
+    EXPECT_EQ(g.request_u64(vhu::Message::empty(static_cast<uint32_t>(FrontendReq::CHECK_DEVICE_STATE))), 0u);
+  }
+}
+
+TEST(Integration, TransportResetComesFirstAndGatesHostConnects) {
+  Harness h;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf | vhu::bit(pf::DEVICE_STATE));
+  load_state(g, /*check_early=*/true);
+  g.post_rx(16);
+  g.post_event(4);
+  // Before the event: a guest packet already queued, a host connect waiting.
+  g.send_pkt(g.hdr(2, 5000, 4321, Op::REQUEST));
+  auto host = host_connect(h.cfg.uds_path, 6000);
+  std::this_thread::sleep_for(50ms);
+  g.start(/*with_event=*/true);
+  auto ev = g.recv_event();
+  ASSERT_TRUE(ev) << "no TRANSPORT_RESET";
+  EXPECT_EQ(*ev, 4u);
+  // The queued REQUEST is answered (RST: nobody listens) after the event...
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RST));
+  EXPECT_EQ(p->hdr.dst_port, 5000u);
+  // ...but the host's connection waits for the driver's config read.
+  EXPECT_FALSE(g.recv_pkt(200ms));
+  uint8_t zero[8] = {};
+  auto r = g.request(vhu::make_config_message(static_cast<uint32_t>(FrontendReq::GET_CONFIG),
+                                              vhu::ConfigHeader{0, 8, 0}, zero, false),
+                     true);
+  ASSERT_TRUE(r.ok());
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
+  EXPECT_EQ(p->hdr.dst_port, 6000u);
+}
+
+TEST(Integration, FrontEndKeepingTheEventQueueActivatesAtStart) {
+  Harness h;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf | vhu::bit(pf::DEVICE_STATE));
+  load_state(g, false);
+  g.post_rx(16);
+  auto host = host_connect(h.cfg.uds_path, 6000);
+  g.start(/*with_event=*/false);  // QEMU: rings 0 and 1 only
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p) << "device left inactive";
+  EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
+}
+
+TEST(Integration, SeqpacketKeepsMessageBoundaries) {
+  Harness h;
+  auto l = vhu::UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = h.cfg.uds_path + "_7000";
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(l.get(), 4), 0);
+  }
+  Guest& g = *h.guest;
+  g.type = vhu::vsock::kTypeSeqpacket;
+  g.realize(kQemuPf);
+  g.post_rx(32);
+  g.start();
+  g.send_pkt(g.hdr(2, 5000, 7000, Op::REQUEST));
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
+  vhu::UniqueFd host(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(host.valid());
+  // One message in two RW packets, EOM on the second.
+  auto a = g.hdr(2, 5000, 7000, Op::RW, 3);
+  g.send_pkt(a, {'a', 'b', 'c'});
+  auto b = g.hdr(2, 5000, 7000, Op::RW, 2);
+  b.flags = vhu::vsock::kSeqEom;
+  g.send_pkt(b, {'d', 'e'});
+  uint8_t buf[64];
+  pollfd pfd{host.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1);
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, 0), 5);
+  // Host to guest: one message of 6000 bytes spans two rx buffers.
+  const auto msg = random_bytes(6000, 4);
+  ASSERT_EQ(::send(host.get(), msg.data(), msg.size(), 0), 6000);
+  std::vector<uint8_t> got;
+  for (;;) {
+    p = g.recv_pkt();
+    ASSERT_TRUE(p);
+    ASSERT_EQ(p->hdr.op, op(Op::RW));
+    got.insert(got.end(), p->payload.begin(), p->payload.end());
+    if (p->hdr.flags & vhu::vsock::kSeqEom) break;
+  }
+  EXPECT_TRUE(got == msg);
+}
+
+TEST(Integration, SiblingsInOneGroupReachEachOther) {
+  // Two VMs in one loop, the second through its own socketpair.
+  Harness h;
+  VmConfig c2;
+  c2.guest_cid = 4;
+  c2.uds_path = h.dir + "/u4";
+  auto pair = vhu::socket_pair();
+  ASSERT_TRUE(pair.ok());
+  std::unique_ptr<Vm> vm2;
+  h.on_loop([&] {
+    vm2 = std::make_unique<Vm>(h.loop, c2, &h.router);
+    vm2->serve(std::move(pair->second));
+  });
+  Guest g2(std::move(pair->first), 4);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g2.realize(kQemuPf);
+  g.post_rx(16);
+  g2.post_rx(16);
+  g.start();
+  g2.start();
+  g.send_pkt(g.hdr(4, 5000, 80, Op::REQUEST));
+  auto p = g2.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
+  EXPECT_EQ(p->hdr.src_cid, 3u);
+  g2.send_pkt(g2.hdr(3, 80, 5000, Op::RESPONSE));
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::RESPONSE));
+  EXPECT_EQ(p->hdr.src_cid, 4u);
+  h.on_loop([&] { vm2.reset(); });
+}
+
+TEST(Integration, SurplusFdsDoNotAccumulate) {
+  Harness h;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  auto count = [] {
+    int n = 0;
+    for (auto& e : std::filesystem::directory_iterator("/proc/self/fd")) (void)e, ++n;
+    return n;
+  };
+  const int before = count();
+  for (int i = 0; i < 50; ++i) {
+    auto m = vhu::Message::empty(static_cast<uint32_t>(FrontendReq::GET_FEATURES));
+    for (int k = 0; k < 3; ++k) m.fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+    g.request_u64(std::move(m));
+  }
+  EXPECT_LE(count(), before + 2);
+}
+
+}  // namespace
+}  // namespace vsockref::test

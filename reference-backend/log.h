@@ -1,0 +1,26 @@
+// Logging to stderr. The conformance runner keeps a back-end's stderr for its
+// report, so every line that explains a refusal names the request and field.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <string_view>
+
+namespace vsockref {
+
+enum class LogLevel { Error = 0, Warn, Info, Debug, Trace };
+
+LogLevel log_level();
+void set_log_level(LogLevel level);
+// "error", "warn", "info", "debug", "trace"; false for anything else.
+bool parse_log_level(std::string_view text, LogLevel& out);
+void log_line(LogLevel level, std::string_view text);
+
+}  // namespace vsockref
+
+// Formatting costs nothing when the level is off.
+#define VLOG(level, ...)                                                               \
+  do {                                                                                 \
+    if (::vsockref::log_level() >= ::vsockref::LogLevel::level)                        \
+      ::vsockref::log_line(::vsockref::LogLevel::level, ::fmt::format(__VA_ARGS__));   \
+  } while (0)

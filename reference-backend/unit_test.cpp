@@ -1,0 +1,179 @@
+// Pure logic: credit arithmetic, the device-state blob, the host handshake
+// line, the command-line forms.
+#include <gtest/gtest.h>
+
+#include "cli.h"
+#include "credit.h"
+#include "device_state.h"
+#include "handshake.h"
+
+namespace vsockref {
+namespace {
+
+std::span<const uint8_t> bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+TEST(Credit, PeerFreeFollowsTheSpecFormula) {
+  PeerCredit c;
+  c.update(1000, 0);
+  EXPECT_EQ(c.available(), 1000u);
+  c.sent(600);
+  EXPECT_EQ(c.available(), 400u);
+  c.update(1000, 500);
+  EXPECT_EQ(c.available(), 900u);
+}
+
+TEST(Credit, CountersWrapModulo2To32) {
+  PeerCredit c;
+  c.tx_cnt = 0xfffffff0u;
+  c.update(64, 0xffffffe0u);
+  EXPECT_EQ(c.available(), 48u);
+  c.sent(32);  // wraps
+  EXPECT_EQ(c.tx_cnt, 0x10u);
+  EXPECT_EQ(c.available(), 16u);
+}
+
+TEST(Credit, ABogusPeerNeverYieldsHugeCredit) {
+  PeerCredit c;
+  c.sent(100);
+  c.update(50, 0);  // shrank below what is in flight
+  EXPECT_EQ(c.available(), 0u);
+  c.update(50, 200);  // fwd_cnt ahead of what we sent
+  EXPECT_EQ(c.available(), 0u);
+}
+
+TEST(Credit, LocalBufferAcceptsOnlyWithinCredit) {
+  LocalCredit l;
+  l.buf_alloc = 100;
+  EXPECT_TRUE(l.can_accept(100));
+  EXPECT_FALSE(l.can_accept(101));
+  l.rx_cnt = 60;
+  EXPECT_TRUE(l.can_accept(40));
+  EXPECT_FALSE(l.can_accept(41));
+  l.fwd_cnt = 60;
+  EXPECT_TRUE(l.can_accept(100));
+}
+
+TEST(Credit, UpdateDueOnceTheGuestsViewDropsBelowHalf) {
+  LocalCredit l;
+  l.buf_alloc = 100;
+  l.rx_cnt = 40;
+  l.fwd_cnt = 40;
+  EXPECT_FALSE(l.update_due());  // the guest still believes 60 are free
+  l.rx_cnt = 70;
+  l.fwd_cnt = 70;
+  EXPECT_TRUE(l.update_due());
+  l.reported_fwd = 70;
+  EXPECT_FALSE(l.update_due());
+}
+
+DeviceState sample() {
+  DeviceState s;
+  s.guest_cid = 42;
+  s.features = 0x170000002;
+  s.protocol_features = 0x90208;
+  s.config = {42, 0, 0, 0, 0, 0, 0, 0};
+  s.transport_reset_pending = true;
+  return s;
+}
+
+TEST(DeviceStateBlob, RoundTrips) {
+  const auto blob = serialize_device_state(sample());
+  auto back = parse_device_state(blob);
+  ASSERT_TRUE(back.ok()) << back.message();
+  EXPECT_EQ(*back, sample());
+}
+
+TEST(DeviceStateBlob, EveryTruncationIsRejected) {
+  const auto blob = serialize_device_state(sample());
+  for (size_t n = 0; n < blob.size(); ++n)
+    EXPECT_FALSE(parse_device_state(std::span<const uint8_t>(blob.data(), n)).ok()) << n;
+}
+
+TEST(DeviceStateBlob, EveryFlippedBitIsRejected) {
+  const auto blob = serialize_device_state(sample());
+  for (size_t i = 0; i < blob.size() * 8; ++i) {
+    auto b = blob;
+    b[i / 8] ^= static_cast<uint8_t>(1u << (i % 8));
+    EXPECT_FALSE(parse_device_state(b).ok()) << "bit " << i;
+  }
+}
+
+TEST(DeviceStateBlob, TrailingBytesAndOtherVersionsAreRejected) {
+  auto blob = serialize_device_state(sample());
+  auto longer = blob;
+  longer.push_back(0);
+  EXPECT_FALSE(parse_device_state(longer).ok());
+  std::vector<uint8_t> huge(kDeviceStateMaxBytes + 1, 0);
+  EXPECT_FALSE(parse_device_state(huge).ok());
+}
+
+TEST(DeviceStateBlob, ReservedCidIsRejectedEvenWithAGoodChecksum) {
+  DeviceState s = sample();
+  s.guest_cid = 2;
+  EXPECT_FALSE(parse_device_state(serialize_device_state(s)).ok());
+}
+
+TEST(Handshake, ParsesAConnectLine) {
+  auto r = parse_connect_line(bytes("CONNECT 1234\n"));
+  ASSERT_EQ(r.status, ConnectLine::Done);
+  EXPECT_EQ(r.port, 1234u);
+  EXPECT_EQ(r.line_bytes, 13u);
+  r = parse_connect_line(bytes("CONNECT 4294967295\r\nextra"));
+  ASSERT_EQ(r.status, ConnectLine::Done);
+  EXPECT_EQ(r.port, 4294967295u);
+  EXPECT_EQ(r.line_bytes, 20u);
+}
+
+TEST(Handshake, WaitsForAPartialLine) {
+  EXPECT_EQ(parse_connect_line(bytes("")).status, ConnectLine::NeedMore);
+  EXPECT_EQ(parse_connect_line(bytes("CONN")).status, ConnectLine::NeedMore);
+  EXPECT_EQ(parse_connect_line(bytes("CONNECT 12")).status, ConnectLine::NeedMore);
+}
+
+TEST(Handshake, RejectsGarbageEarly) {
+  for (const char* bad : {"GET / HTTP/1.1\n", "connect 5\n", "CONNECT\n", "CONNECT \n", "CONNECT -1\n",
+                          "CONNECT 12a\n", "CONNECT 4294967296\n", "CONNECT 1 2\n", "X"})
+    EXPECT_EQ(parse_connect_line(bytes(bad)).status, ConnectLine::Invalid) << bad;
+  EXPECT_EQ(parse_connect_line(bytes("CONNECT " + std::string(60, '1'))).status, ConnectLine::Invalid);
+}
+
+TEST(Handshake, OkLineNamesThePort) { EXPECT_EQ(format_ok_line(1073741824), "OK 1073741824\n"); }
+
+TEST(Cli, ParsesTheVhostDeviceVsockVmForm) {
+  VmConfig def;
+  auto vm = parse_vm_spec("guest-cid=4,socket=/tmp/s4,uds-path=/tmp/u4,groups=a+b,tx-buffer-size=1024", def);
+  ASSERT_TRUE(vm.ok()) << vm.message();
+  EXPECT_EQ(vm->guest_cid, 4u);
+  EXPECT_EQ(vm->socket, "/tmp/s4");
+  EXPECT_EQ(vm->uds_path, "/tmp/u4");
+  EXPECT_EQ(vm->groups, (std::set<std::string>{"a", "b"}));
+  EXPECT_EQ(vm->tx_buffer_size, 1024u);
+}
+
+TEST(Cli, RejectsBadVmForms) {
+  VmConfig def;
+  for (const char* bad : {"socket=/s", "guest-cid=4", "guest-cid=x,socket=/s", "guest-cid=4,socket=/s,bogus=1",
+                          "guest-cid=4,socket=/s,groups=a++b", "guest-cid=99999999999999999999,socket=/s"})
+    EXPECT_FALSE(parse_vm_spec(bad, def).ok()) << bad;
+}
+
+TEST(Cli, ValidatesCidsAndPaths) {
+  VmConfig a, b;
+  a.socket = "/s1";
+  b.socket = "/s2";
+  a.guest_cid = 3;
+  b.guest_cid = 3;
+  EXPECT_FALSE(validate_vms({a, b}).ok());
+  b.guest_cid = 4;
+  EXPECT_TRUE(validate_vms({a, b}).ok());
+  b.guest_cid = 2;
+  EXPECT_FALSE(validate_vms({a, b}).ok());
+  b.guest_cid = 0x100000000ull;
+  EXPECT_FALSE(validate_vms({a, b}).ok());
+  EXPECT_FALSE(validate_vms({}).ok());
+}
+
+}  // namespace
+}  // namespace vsockref

@@ -1,0 +1,834 @@
+#include "vsock_device.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "chain_io.h"
+#include "faults.h"
+#include "handshake.h"
+#include "log.h"
+#include "vhu/features.h"
+
+namespace vsockref {
+
+using vhu::vsock::Hdr;
+using vhu::vsock::Op;
+namespace vs = vhu::vsock;
+
+namespace {
+constexpr size_t kMaxConnections = 1024;
+constexpr size_t kMaxPendingRsts = 256;
+constexpr size_t kMaxHeldConnects = 64;
+constexpr size_t kMaxRelayBytes = 4u << 20;
+constexpr size_t kMaxRelayPackets = 4096;
+constexpr uint32_t kMaxPayload = 64u << 10;  // largest RW we put in one rx buffer
+constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message we take
+
+uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
+}  // namespace
+
+VsockDevice::VsockDevice(EventLoop& loop, RingIo& io, VsockOptions opts, Router* router)
+    : loop_(loop), io_(io), opts_(std::move(opts)), router_(router) {}
+
+VsockDevice::~VsockDevice() { reset(); }
+
+uint64_t VsockDevice::device_features() {
+  namespace f = vhu::feature;
+  return vhu::bit(f::VSOCK_F_STREAM) | vhu::bit(f::VSOCK_F_SEQPACKET) | vhu::bit(f::VSOCK_F_NO_IMPLIED_STREAM);
+}
+
+std::array<uint8_t, vs::kConfigSize> VsockDevice::config() const { return vs::encode_config(opts_.guest_cid); }
+
+// virtio 5.10.3: "If no feature bit has been negotiated, the device SHOULD
+// act as if VIRTIO_VSOCK_F_STREAM has been negotiated"; SEQPACKET without
+// NO_IMPLIED_STREAM may imply STREAM too (Linux 6.1 acks only SEQPACKET).
+bool VsockDevice::stream_ok() const {
+  namespace f = vhu::feature;
+  return vhu::has_bit(features_, f::VSOCK_F_STREAM) || !vhu::has_bit(features_, f::VSOCK_F_NO_IMPLIED_STREAM);
+}
+
+bool VsockDevice::seqpacket_ok() const { return vhu::has_bit(features_, vhu::feature::VSOCK_F_SEQPACKET); }
+
+bool VsockDevice::type_ok(uint16_t type) const {
+  if (type == vs::kTypeStream) return stream_ok();
+  if (type == vs::kTypeSeqpacket) return seqpacket_ok();
+  return false;
+}
+
+bool VsockDevice::rx_allowed() const {
+  return reset_state_ != ResetState::Pending || VSOCKREF_FAULT(rx_before_transport_reset);
+}
+
+bool VsockDevice::tx_allowed() const {
+  return reset_state_ != ResetState::Pending || VSOCKREF_FAULT(rx_before_transport_reset);
+}
+
+bool VsockDevice::idle() const {
+  if (!work_.empty() || !rsts_.empty() || !relay_.empty()) return false;
+  for (const auto& [id, c] : conns_)
+    if (c->out_bytes() > 0) return false;
+  return true;
+}
+
+// ---- lifecycle ----
+
+void VsockDevice::reset() {
+  for (auto& [id, c] : conns_)
+    if (c->host) loop_.remove(c->host.get());
+  conns_.clear();
+  by_key_.clear();
+  work_.clear();
+  rsts_.clear();
+  relay_.clear();
+  relay_bytes_ = 0;
+  held_.clear();  // the host programs see EOF instead of OK
+  reset_state_ = ResetState::None;
+}
+
+DeviceState VsockDevice::save(uint64_t features, uint64_t protocol_features) const {
+  DeviceState s;
+  s.guest_cid = opts_.guest_cid;
+  s.features = features;
+  s.protocol_features = protocol_features;
+  s.config = config();
+  s.transport_reset_pending = reset_state_ != ResetState::None;
+  return s;
+}
+
+void VsockDevice::loaded(const DeviceState&) {
+  // Whatever the source had, the driver's connections did not survive the
+  // move: it must hear TRANSPORT_RESET before anything else (README).
+  reset();
+  reset_state_ = ResetState::Pending;
+  if (VSOCKREF_FAULT(no_transport_reset)) reset_state_ = ResetState::None;
+}
+
+void VsockDevice::rings_changed() {
+  if (reset_state_ != ResetState::Pending) return;
+  // The start sequence is over (rx and tx running) and the front-end never
+  // handed us the event ring: it keeps that queue and sends TRANSPORT_RESET
+  // itself, as QEMU does for vhost-vsock. Waiting longer would leave the
+  // device inactive forever, so this is the activation point.
+  if (io_.ring_usable(vs::kRxQueue) && io_.ring_usable(vs::kTxQueue) && !io_.ring_started(vs::kEventQueue)) {
+    VLOG(Info, "{}: rx and tx started without the event ring: the front-end owns TRANSPORT_RESET; device active",
+         opts_.name);
+    reset_state_ = ResetState::None;
+    admit_held();
+  }
+}
+
+void VsockDevice::config_read() {
+  if (reset_state_ != ResetState::AwaitConfigRead) return;
+  // virtio 5.10.6.6: the driver fetches guest_cid after TRANSPORT_RESET. A
+  // read before the event was sent does not count (the race the seed left).
+  VLOG(Info, "{}: config read after TRANSPORT_RESET: device active", opts_.name);
+  reset_state_ = ResetState::None;
+  admit_held();
+}
+
+void VsockDevice::admit_held() {
+  auto held = std::move(held_);
+  held_.clear();
+  for (auto& h : held) host_connect(std::move(h.fd), h.guest_port);
+}
+
+// ---- the rings ----
+
+void VsockDevice::process() {
+  process_event();
+  if (tx_allowed()) process_tx();
+  if (rx_allowed()) process_rx();
+}
+
+void VsockDevice::process_event() {
+  if (reset_state_ != ResetState::Pending || !io_.ring_usable(vs::kEventQueue)) return;
+  auto c = io_.pop(vs::kEventQueue);
+  if (!c && io_.rearm(vs::kEventQueue)) c = io_.pop(vs::kEventQueue);
+  if (!c) return;  // delivered once a buffer arrives, never dropped
+  if (c->writable_bytes < vs::kEventSize) {
+    VLOG(Warn, "{}: event buffer {} has {} writable bytes, an event needs {}", opts_.name, c->head,
+         c->writable_bytes, vs::kEventSize);
+    io_.push(vs::kEventQueue, c->head, 0);
+    return;
+  }
+  const auto ev = vs::encode_event(vs::kEventTransportReset);
+  if (auto w = vhu::write_chain(io_.memory(), *c, 0, ev); !w) {
+    VLOG(Warn, "{}: event buffer: {}", opts_.name, w.message());
+    io_.push(vs::kEventQueue, c->head, 0);
+    return;
+  }
+  io_.push(vs::kEventQueue, c->head, static_cast<uint32_t>(ev.size()));
+  reset_state_ = ResetState::AwaitConfigRead;
+  VLOG(Info, "{}: TRANSPORT_RESET sent; waiting for the driver to read the config", opts_.name);
+}
+
+void VsockDevice::process_tx() {
+  while (io_.ring_usable(vs::kTxQueue)) {
+    // "Eventually even the additional resources will be exhausted and further
+    // processing is not possible until the other side processes the
+    // virtqueue that it has neglected."
+    if (rsts_.size() >= kMaxPendingRsts) break;
+    auto c = io_.pop(vs::kTxQueue);
+    if (!c) {
+      if (io_.rearm(vs::kTxQueue)) continue;
+      break;
+    }
+    handle_tx_chain(*c);
+    io_.push(vs::kTxQueue, c->head, 0);
+  }
+}
+
+void VsockDevice::handle_tx_chain(const vhu::Chain& c) {
+  if (c.readable_bytes < vs::kHdrSize) {
+    VLOG(Warn, "{}: tx chain {}: {} readable bytes, a packet header needs {}; dropped", opts_.name, c.head,
+         c.readable_bytes, vs::kHdrSize);
+    return;
+  }
+  std::array<uint8_t, vs::kHdrSize> raw;
+  if (auto r = vhu::read_chain(io_.memory(), c, 0, raw); !r || *r != raw.size()) {
+    VLOG(Warn, "{}: tx chain {}: header unreadable", opts_.name, c.head);
+    return;
+  }
+  auto h = vs::decode(raw);
+  if (!h) return;
+  VLOG(Trace, "{}: tx {}", opts_.name, vs::describe(*h));
+  if (h->len > c.readable_bytes - vs::kHdrSize) {
+    VLOG(Warn, "{}: tx packet {}: field len = {} but the buffer holds {} payload bytes; dropped", opts_.name,
+         vs::describe(*h), h->len, c.readable_bytes - vs::kHdrSize);
+    return;
+  }
+  if (h->src_cid != opts_.guest_cid && !VSOCKREF_FAULT(accept_spoofed_src_cid)) {
+    VLOG(Warn, "{}: tx packet {}: field src_cid = {} is not the guest's CID {}; dropped", opts_.name,
+         vs::describe(*h), h->src_cid, opts_.guest_cid);
+    return;
+  }
+  if (h->dst_cid == vs::kHostCid) {
+    handle_host_packet(*h, c);
+    return;
+  }
+  if (VsockDevice* sib = router_ ? router_->route(this, h->dst_cid) : nullptr) {
+    handle_sibling_packet(sib, *h, c);
+    return;
+  }
+  VLOG(Debug, "{}: tx packet {}: no route to CID {}", opts_.name, vs::describe(*h), h->dst_cid);
+  if (h->op != op_of(Op::RST)) queue_rst_reply(*h);
+}
+
+void VsockDevice::handle_host_packet(const Hdr& h, const vhu::Chain& c) {
+  const ConnKey key{vs::kHostCid, h.dst_port, h.src_port};
+  Connection* conn = find(key);
+  const bool is_rst = h.op == op_of(Op::RST);
+  if (!type_ok(h.type) || (conn && conn->type != h.type)) {
+    // "A VIRTIO_VSOCK_OP_RST reply MUST be sent if a packet is received with
+    // an unknown type value" (and one not negotiated is unknown to us).
+    VLOG(Debug, "{}: tx packet {}: field type = {} not supported", opts_.name, vs::describe(h), h.type);
+    if (conn) destroy(*conn);
+    if (!is_rst) queue_rst_reply(h);
+    return;
+  }
+  if (!conn) {
+    if (h.op == op_of(Op::REQUEST)) {
+      guest_request(h);
+    } else if (!is_rst || VSOCKREF_FAULT(rst_an_rst)) {
+      // Never answer an RST with an RST (INTEROP bug 14).
+      queue_rst_reply(h);
+    }
+    return;
+  }
+  const uint32_t before = conn->guest.available();
+  conn->guest.update(h.buf_alloc, h.fwd_cnt);
+  if (conn->guest.available() != before) conn->credit_request_sent = false;
+  switch (static_cast<Op>(h.op)) {
+    case Op::RST:
+      destroy(*conn);
+      return;
+    case Op::RESPONSE:
+      if (conn->state != ConnState::Connecting) {
+        abort_conn(*conn, "RESPONSE on an established connection");
+        break;
+      }
+      conn->state = ConnState::Established;
+      {
+        // The host program reads "OK <host port>\n" before any data.
+        const std::string ok = format_ok_line(conn->key.peer_port);
+        if (::send(conn->host.get(), ok.data(), ok.size(), MSG_DONTWAIT | MSG_NOSIGNAL) !=
+            static_cast<ssize_t>(ok.size())) {
+          abort_conn(*conn, "could not write OK to the host program");
+          break;
+        }
+      }
+      break;
+    case Op::RW:
+      guest_rw(*conn, h, c);
+      break;
+    case Op::SHUTDOWN:
+      guest_shutdown(*conn, h.flags);
+      break;
+    case Op::CREDIT_UPDATE:
+      break;
+    case Op::CREDIT_REQUEST:
+      conn->want_credit_update = true;
+      break;
+    case Op::REQUEST:
+    default:
+      abort_conn(*conn, fmt::format("unexpected op {}", vs::op_name(h.op)));
+      break;
+  }
+  if ((conn = find(key))) {
+    update_interest(*conn);
+    schedule(*conn);
+  }
+}
+
+void VsockDevice::guest_request(const Hdr& h) {
+  if (conns_.size() >= kMaxConnections) {
+    VLOG(Warn, "{}: REQUEST to port {} refused: {} connections open", opts_.name, h.dst_port, conns_.size());
+    queue_rst_reply(h);
+    return;
+  }
+  const std::string path = fmt::format("{}_{}", opts_.uds_path, h.dst_port);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (opts_.uds_path.empty() || path.size() >= sizeof addr.sun_path) {
+    queue_rst_reply(h);
+    return;
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int stype = h.type == vs::kTypeSeqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
+  vhu::UniqueFd fd(::socket(AF_UNIX, stype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd || ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    VLOG(Debug, "{}: REQUEST to host port {}: connect {}: {}", opts_.name, h.dst_port, path, std::strerror(errno));
+    queue_rst_reply(h);
+    return;
+  }
+  Connection& conn = create(ConnKey{vs::kHostCid, h.dst_port, h.src_port}, h.type, std::move(fd));
+  conn.state = ConnState::Established;
+  conn.guest.update(h.buf_alloc, h.fwd_cnt);
+  conn.want_response = true;
+  update_interest(conn);
+  schedule(conn);
+  VLOG(Debug, "{}: guest port {} connected to host port {}", opts_.name, h.src_port, h.dst_port);
+}
+
+void VsockDevice::guest_rw(Connection& conn, const Hdr& h, const vhu::Chain& c) {
+  if (conn.state != ConnState::Established || conn.guest_no_more_send) {
+    abort_conn(conn, "RW before RESPONSE or after SHUTDOWN(SEND)");
+    return;
+  }
+  if (!conn.local.can_accept(h.len)) {
+    abort_conn(conn, fmt::format("RW of {} bytes exceeds the credit we gave ({} of {} buffered)", h.len,
+                                 conn.local.buffered(), conn.local.buf_alloc));
+    return;
+  }
+  conn.local.rx_cnt += h.len;
+  if (h.len == 0 && !(conn.type == vs::kTypeSeqpacket && (h.flags & vs::kSeqEom))) return;
+  size_t sent = 0;
+  if (conn.type == vs::kTypeStream && conn.out_bytes() == 0 && conn.host) {
+    // Straight from guest memory to the host socket; only what the socket
+    // does not take now is copied into the connection's buffer.
+    std::vector<iovec> iov;
+    auto n = chain_iovecs(io_.memory(), c, false, vs::kHdrSize, h.len, iov);
+    if (n && *n == h.len && iov.size() <= IOV_MAX) {
+      msghdr mh{};
+      mh.msg_iov = iov.data();
+      mh.msg_iovlen = iov.size();
+      const ssize_t w = ::sendmsg(conn.host.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w > 0) sent = static_cast<size_t>(w);
+      if (w < 0 && errno != EAGAIN) {
+        abort_conn(conn, fmt::format("write to the host program: {}", std::strerror(errno)));
+        return;
+      }
+      conn.local.fwd_cnt += static_cast<uint32_t>(sent);
+    }
+  }
+  if (sent < h.len) {
+    const size_t rest = h.len - sent;
+    const size_t at = conn.out.size();
+    conn.out.resize(at + rest);
+    auto r = vhu::read_chain(io_.memory(), c, vs::kHdrSize + sent, std::span<uint8_t>(conn.out.data() + at, rest));
+    if (!r || *r != rest) {
+      abort_conn(conn, "payload unreadable");
+      return;
+    }
+  }
+  if (conn.type == vs::kTypeSeqpacket) {
+    conn.out_partial += h.len;
+    if (h.flags & vs::kSeqEom) {
+      conn.out_msgs.push_back(conn.out_partial);
+      conn.out_partial = 0;
+    }
+  }
+  flush_out(conn);
+  if (conn.local.update_due()) conn.want_credit_update = true;
+}
+
+void VsockDevice::guest_shutdown(Connection& conn, uint32_t flags) {
+  if (flags & vs::kShutdownRcv) conn.guest_no_more_rcv = true;
+  if (flags & vs::kShutdownSend) conn.guest_no_more_send = true;
+  if (conn.guest_no_more_rcv && conn.guest_no_more_send) {
+    // The guest is closing: pass on what it sent, then confirm with RST.
+    conn.close_after_flush = true;
+    flush_out(conn);
+    return;
+  }
+  if (conn.guest_no_more_send && conn.out_bytes() == 0 && conn.host) ::shutdown(conn.host.get(), SHUT_WR);
+}
+
+void VsockDevice::handle_sibling_packet(VsockDevice* sib, const Hdr& h, const vhu::Chain& c) {
+  const bool is_rst = h.op == op_of(Op::RST);
+  if (!type_ok(h.type)) {
+    if (!is_rst) queue_rst_reply(h);
+    return;
+  }
+  if (h.len > kMaxPayload * 4 || sib->relay_.size() >= kMaxRelayPackets ||
+      sib->relay_bytes_ + h.len > kMaxRelayBytes) {
+    VLOG(Warn, "{}: relay to CID {} full; {} refused", opts_.name, h.dst_cid, vs::describe(h));
+    if (!is_rst) queue_rst_reply(h);
+    return;
+  }
+  RelayPacket p{h, std::vector<uint8_t>(h.len)};
+  if (auto r = vhu::read_chain(io_.memory(), c, vs::kHdrSize, p.payload); !r || *r != h.len) return;
+  sib->relay_in(std::move(p));
+}
+
+void VsockDevice::relay_in(RelayPacket p) {
+  relay_bytes_ += p.payload.size();
+  relay_.push_back(std::move(p));
+  io_.request_processing();
+}
+
+// ---- rx ----
+
+namespace {
+bool data_ready(const Connection& c) {
+  if (c.state != ConnState::Established || !c.host || c.guest_no_more_rcv || c.want_rst) return false;
+  if (c.in_msg_valid) return c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit);
+  return c.host_readable && (c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit));
+}
+bool credit_request_due(const Connection& c) {
+  return c.state == ConnState::Established && c.host && c.host_readable && !c.guest_no_more_rcv &&
+         c.guest.available() == 0 && !c.credit_request_sent;
+}
+bool has_packet(const Connection& c) {
+  return c.want_rst || c.want_request || c.want_response || c.want_credit_update || c.want_shutdown != 0 ||
+         data_ready(c) || credit_request_due(c);
+}
+}  // namespace
+
+bool VsockDevice::have_rx_work() {
+  if (!rsts_.empty()) return true;
+  if (!relay_.empty() && accepting_incoming()) return true;
+  while (!work_.empty()) {
+    Connection* c = nullptr;
+    if (auto it = conns_.find(work_.front()); it != conns_.end()) c = it->second.get();
+    if (c && has_packet(*c)) return true;
+    if (c) c->in_work = false;
+    work_.pop_front();
+  }
+  return false;
+}
+
+void VsockDevice::process_rx() {
+  while (io_.ring_usable(vs::kRxQueue) && have_rx_work()) {
+    auto c = io_.pop(vs::kRxQueue);
+    if (!c) {
+      if (io_.rearm(vs::kRxQueue)) continue;
+      break;
+    }
+    if (c->writable_bytes < vs::kHdrSize) {
+      VLOG(Warn, "{}: rx buffer {} has {} writable bytes, a packet header needs {}; returned empty", opts_.name,
+           c->head, c->writable_bytes, vs::kHdrSize);
+      io_.push(vs::kRxQueue, c->head, 0);
+      continue;
+    }
+    io_.push(vs::kRxQueue, c->head, fill_rx(*c));
+  }
+}
+
+uint32_t VsockDevice::write_packet(const vhu::Chain& c, const Hdr& h) {
+  VLOG(Trace, "{}: rx {}", opts_.name, vs::describe(h));
+  const auto bytes = vs::encode(h);
+  if (auto w = vhu::write_chain(io_.memory(), c, 0, bytes); !w) {
+    VLOG(Warn, "{}: rx buffer {}: {}", opts_.name, c.head, w.message());
+    return 0;
+  }
+  return static_cast<uint32_t>(vs::kHdrSize);
+}
+
+uint32_t VsockDevice::fill_rx(const vhu::Chain& c) {
+  if (!rsts_.empty()) {
+    const Hdr h = rsts_.front();
+    rsts_.pop_front();
+    return write_packet(c, h);
+  }
+  if (!relay_.empty() && accepting_incoming()) {
+    RelayPacket& p = relay_.front();
+    // The sibling's packet may be bigger than our guest's rx buffers: cut it,
+    // keeping EOM/EOR on the last piece only.
+    const uint64_t room = c.writable_bytes - vs::kHdrSize;
+    const uint32_t chunk = static_cast<uint32_t>(std::min<uint64_t>(p.payload.size(), room));
+    Hdr h = p.hdr;
+    h.len = chunk;
+    const bool last = chunk == p.payload.size();
+    if (!last) h.flags &= ~(vs::kSeqEom | vs::kSeqEor);
+    uint32_t n = write_packet(c, h);
+    if (n && chunk) {
+      auto w = vhu::write_chain(io_.memory(), c, vs::kHdrSize, std::span<const uint8_t>(p.payload.data(), chunk));
+      if (w) n += static_cast<uint32_t>(*w);
+    }
+    relay_bytes_ -= chunk;
+    if (last) {
+      relay_.pop_front();
+    } else {
+      p.payload.erase(p.payload.begin(), p.payload.begin() + chunk);
+      p.hdr.len -= chunk;
+    }
+    return n;
+  }
+  const uint64_t id = work_.front();
+  work_.pop_front();
+  Connection& conn = *conns_.at(id);
+  conn.in_work = false;
+  const uint32_t n = fill_conn(conn, c);
+  if (auto it = conns_.find(id); it != conns_.end() && has_packet(*it->second)) schedule(*it->second);
+  return n;
+}
+
+Hdr VsockDevice::reply_hdr(Connection& conn, Op op, uint32_t flags, uint32_t len) {
+  Hdr h;
+  h.src_cid = conn.key.peer_cid;
+  h.dst_cid = opts_.guest_cid;
+  h.src_port = conn.key.peer_port;
+  h.dst_port = conn.key.guest_port;
+  h.len = len;
+  h.type = conn.type;
+  h.op = op_of(op);
+  h.flags = flags;
+  // Every packet carries our credit, so every packet is a credit update.
+  h.buf_alloc = conn.local.buf_alloc;
+  h.fwd_cnt = conn.local.fwd_cnt;
+  conn.local.reported_fwd = conn.local.fwd_cnt;
+  return h;
+}
+
+uint32_t VsockDevice::fill_conn(Connection& conn, const vhu::Chain& c) {
+  if (conn.want_rst) {
+    const Hdr h = reply_hdr(conn, Op::RST);
+    destroy(conn);
+    return write_packet(c, h);
+  }
+  if (conn.want_request) {
+    conn.want_request = false;
+    return write_packet(c, reply_hdr(conn, Op::REQUEST));
+  }
+  if (conn.want_response) {
+    conn.want_response = false;
+    return write_packet(c, reply_hdr(conn, Op::RESPONSE));
+  }
+  if (conn.want_credit_update) {
+    conn.want_credit_update = false;
+    return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+  }
+  if (data_ready(conn)) return fill_data(conn, c);
+  if (credit_request_due(conn)) {
+    conn.credit_request_sent = true;
+    return write_packet(c, reply_hdr(conn, Op::CREDIT_REQUEST));
+  }
+  if (conn.want_shutdown) {
+    const uint32_t f = conn.want_shutdown;
+    conn.want_shutdown = 0;
+    return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, f));
+  }
+  // have_rx_work() said there was a packet; a credit update is always valid.
+  return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+}
+
+uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
+  uint64_t room = std::min<uint64_t>(c.writable_bytes - vs::kHdrSize, kMaxPayload);
+  if (!VSOCKREF_FAULT(exceed_credit)) room = std::min<uint64_t>(room, conn.guest.available());
+  if (conn.type == vs::kTypeSeqpacket) return fill_seqpacket(conn, c, room);
+
+  std::vector<iovec> iov;
+  auto n = chain_iovecs(io_.memory(), c, true, vs::kHdrSize, room, iov);
+  if (!n || iov.size() > IOV_MAX) {
+    VLOG(Warn, "{}: rx buffer {} unusable for data", opts_.name, c.head);
+    return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+  }
+  msghdr mh{};
+  mh.msg_iov = iov.data();
+  mh.msg_iovlen = iov.size();
+  const ssize_t r = ::recvmsg(conn.host.get(), &mh, MSG_DONTWAIT);
+  if (r > 0) {
+    const auto got = static_cast<uint32_t>(r);
+    // A short read means the socket is drained: wait for epoll again.
+    if (got < *n) conn.host_readable = false;
+    conn.guest.sent(got);
+    update_interest(conn);
+    return write_packet(c, reply_hdr(conn, Op::RW, 0, got)) + got;
+  }
+  if (r == 0) {
+    // End of the host's stream. A half-close (SHUT_WR) keeps the other
+    // direction open; a full close (HUP) ends both.
+    conn.host_eof = true;
+    conn.host_readable = false;
+    update_interest(conn);
+    const uint32_t f = vs::kShutdownSend | (conn.host_hup ? vs::kShutdownRcv : 0);
+    return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, f));
+  }
+  if (errno == EAGAIN || errno == EINTR) {
+    conn.host_readable = false;
+    update_interest(conn);
+    return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+  }
+  VLOG(Debug, "{}: host socket of guest port {}: {}", opts_.name, conn.key.guest_port, std::strerror(errno));
+  const Hdr h = reply_hdr(conn, Op::RST);
+  destroy(conn);
+  return write_packet(c, h);
+}
+
+uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room) {
+  if (!conn.in_msg_valid) {
+    // One host message at a time: its size first, so the whole of it is read.
+    uint8_t probe;
+    const ssize_t len = ::recv(conn.host.get(), &probe, 1, MSG_DONTWAIT | MSG_PEEK | MSG_TRUNC);
+    if (len == 0 || (len < 0 && errno != EAGAIN && errno != EINTR)) {
+      conn.host_eof = true;
+      conn.host_readable = false;
+      update_interest(conn);
+      if (len < 0) {
+        const Hdr h = reply_hdr(conn, Op::RST);
+        destroy(conn);
+        return write_packet(c, h);
+      }
+      return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, vs::kShutdownSend | vs::kShutdownRcv));
+    }
+    if (len < 0) {
+      conn.host_readable = false;
+      update_interest(conn);
+      return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+    }
+    if (static_cast<size_t>(len) > kMaxSeqMessage || static_cast<size_t>(len) > conn.guest.buf_alloc) {
+      VLOG(Warn, "{}: host SEQPACKET message of {} bytes exceeds what guest port {} can take ({})", opts_.name, len,
+           conn.key.guest_port, conn.guest.buf_alloc);
+      const Hdr h = reply_hdr(conn, Op::RST);
+      destroy(conn);
+      return write_packet(c, h);
+    }
+    conn.in_msg.resize(static_cast<size_t>(len));
+    const ssize_t got = ::recv(conn.host.get(), conn.in_msg.data(), conn.in_msg.size(), MSG_DONTWAIT);
+    if (got != len) {
+      const Hdr h = reply_hdr(conn, Op::RST);
+      destroy(conn);
+      return write_packet(c, h);
+    }
+    conn.in_off = 0;
+    conn.in_msg_valid = true;
+    room = std::min<uint64_t>(room, conn.in_msg.size());
+  }
+  const size_t left = conn.in_msg.size() - conn.in_off;
+  const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(room, left));
+  const bool last = chunk == left;
+  if (!chunk && !last) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+  Hdr h = reply_hdr(conn, Op::RW, last ? vs::kSeqEom | vs::kSeqEor : 0, chunk);
+  uint32_t n = write_packet(c, h);
+  if (n && chunk) {
+    auto w = vhu::write_chain(io_.memory(), c, vs::kHdrSize,
+                              std::span<const uint8_t>(conn.in_msg.data() + conn.in_off, chunk));
+    if (w) n += static_cast<uint32_t>(*w);
+  }
+  conn.guest.sent(chunk);
+  conn.in_off += chunk;
+  if (last) {
+    conn.in_msg_valid = false;
+    conn.in_msg.clear();
+    update_interest(conn);
+  }
+  return n;
+}
+
+// ---- connections ----
+
+Connection* VsockDevice::find(const ConnKey& k) {
+  auto it = by_key_.find(k);
+  if (it == by_key_.end()) return nullptr;
+  return conns_.at(it->second).get();
+}
+
+Connection& VsockDevice::create(const ConnKey& k, uint16_t type, vhu::UniqueFd host) {
+  auto conn = std::make_unique<Connection>();
+  conn->id = next_id_++;
+  conn->key = k;
+  conn->type = type;
+  conn->host = std::move(host);
+  conn->local.buf_alloc = opts_.tx_buffer_size;
+  const uint64_t id = conn->id;
+  if (conn->host) {
+    set_nonblocking(conn->host.get());
+    if (auto r = loop_.add(conn->host.get(), 0, [this, id](uint32_t ev) { on_host_event(id, ev); }); !r)
+      VLOG(Warn, "{}: {}", opts_.name, r.message());
+  }
+  Connection& ref = *conn;
+  by_key_[k] = id;
+  conns_[id] = std::move(conn);
+  return ref;
+}
+
+void VsockDevice::destroy(Connection& conn) {
+  if (conn.host) loop_.remove(conn.host.get());
+  by_key_.erase(conn.key);
+  conns_.erase(conn.id);  // `conn` dangles from here
+}
+
+void VsockDevice::abort_conn(Connection& conn, const std::string& why) {
+  VLOG(Debug, "{}: resetting guest port {} <-> {}:{}: {}", opts_.name, conn.key.guest_port, conn.key.peer_cid,
+       conn.key.peer_port, why);
+  // The host program sees the end at once; the guest hears RST next.
+  if (conn.host) loop_.remove(conn.host.get());
+  conn.host.reset();
+  conn.out.clear();
+  conn.out_head = 0;
+  conn.want_request = conn.want_response = conn.want_credit_update = false;
+  conn.want_shutdown = 0;
+  conn.want_rst = true;
+  schedule(conn);
+}
+
+void VsockDevice::schedule(Connection& conn) {
+  if (conn.in_work) return;
+  conn.in_work = true;
+  work_.push_back(conn.id);
+}
+
+void VsockDevice::queue_rst_reply(const Hdr& from_guest) {
+  if (rsts_.size() >= kMaxPendingRsts) {
+    VLOG(Warn, "{}: RST for {} dropped: {} already queued", opts_.name, vs::describe(from_guest), rsts_.size());
+    return;
+  }
+  Hdr r;
+  r.src_cid = from_guest.dst_cid;
+  r.dst_cid = from_guest.src_cid;
+  r.src_port = from_guest.dst_port;
+  r.dst_port = from_guest.src_port;
+  r.type = from_guest.type;
+  r.op = op_of(Op::RST);
+  rsts_.push_back(r);
+}
+
+void VsockDevice::update_interest(Connection& conn) {
+  if (!conn.host || conn.host_hup) return;
+  uint32_t ev = 0;
+  if (conn.state == ConnState::Established && !conn.host_readable && !conn.host_eof && !conn.in_msg_valid &&
+      !conn.guest_no_more_rcv)
+    ev |= EPOLLIN;
+  if (conn.out_bytes() > 0) ev |= EPOLLOUT;
+  if (ev != conn.interest) {
+    loop_.modify(conn.host.get(), ev);
+    conn.interest = ev;
+  }
+}
+
+void VsockDevice::on_host_event(uint64_t id, uint32_t events) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Connection& conn = *it->second;
+  if (events & (EPOLLHUP | EPOLLERR)) {
+    // Always reported, whatever we asked for: stop watching and read what is
+    // left until EOF instead.
+    conn.host_hup = true;
+    loop_.remove(conn.host.get());
+    conn.interest = 0;
+    if (conn.state == ConnState::Connecting) {
+      abort_conn(conn, "the host program went away before the guest answered");
+    } else {
+      if (!conn.host_eof) conn.host_readable = true;
+      flush_out(conn);
+    }
+  } else {
+    if (events & EPOLLIN) conn.host_readable = true;
+    if (events & EPOLLOUT) flush_out(conn);
+  }
+  if ((it = conns_.find(id)) != conns_.end()) {
+    update_interest(*it->second);
+    schedule(*it->second);
+  }
+  io_.request_processing();
+}
+
+void VsockDevice::flush_out(Connection& conn) {
+  while (conn.out_bytes() > 0 && conn.host) {
+    size_t len = conn.out_bytes();
+    if (conn.type == vs::kTypeSeqpacket) {
+      if (conn.out_msgs.empty()) break;  // the message is not complete yet
+      len = conn.out_msgs.front();
+    }
+    const ssize_t w = ::send(conn.host.get(), conn.out.data() + conn.out_head, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    if (w < 0 || (w == 0 && len > 0)) {
+      abort_conn(conn, fmt::format("write to the host program: {}", std::strerror(errno)));
+      return;
+    }
+    conn.out_head += static_cast<size_t>(w);
+    conn.local.fwd_cnt += static_cast<uint32_t>(w);
+    if (conn.type == vs::kTypeSeqpacket) conn.out_msgs.pop_front();
+  }
+  if (conn.out_bytes() == 0) {
+    conn.out.clear();
+    conn.out_head = 0;
+    if (conn.close_after_flush) {
+      abort_conn(conn, "guest closed");
+      return;
+    }
+    if (conn.guest_no_more_send && conn.host) ::shutdown(conn.host.get(), SHUT_WR);
+  } else if (conn.out_head > conn.out.size() / 2) {
+    // Keep the buffer compact without moving bytes on every partial write.
+    conn.out.erase(conn.out.begin(), conn.out.begin() + static_cast<ptrdiff_t>(conn.out_head));
+    conn.out_head = 0;
+  }
+  if (conn.local.update_due()) {
+    conn.want_credit_update = true;
+    schedule(conn);
+  }
+}
+
+uint32_t VsockDevice::alloc_host_port(uint32_t guest_port) {
+  for (;;) {
+    const uint32_t p = next_host_port_++;
+    if (next_host_port_ == 0xffffffffu) next_host_port_ = 1u << 30;
+    if (!by_key_.count(ConnKey{vs::kHostCid, p, guest_port})) return p;
+  }
+}
+
+void VsockDevice::host_connect(vhu::UniqueFd fd, uint32_t guest_port) {
+  if (!accepting_incoming()) {
+    // Held, not refused: no host-initiated connection may reach the guest
+    // before it has handled TRANSPORT_RESET (README, "Transport reset").
+    if (held_.size() >= kMaxHeldConnects) {
+      VLOG(Warn, "{}: CONNECT {} dropped: {} connects already wait for the transport reset", opts_.name, guest_port,
+           held_.size());
+      return;
+    }
+    held_.push_back(HeldConnect{std::move(fd), guest_port});
+    return;
+  }
+  if (conns_.size() >= kMaxConnections) {
+    VLOG(Warn, "{}: CONNECT {} refused: {} connections open", opts_.name, guest_port, conns_.size());
+    return;
+  }
+  const uint32_t port = alloc_host_port(guest_port);
+  Connection& conn = create(ConnKey{vs::kHostCid, port, guest_port}, vs::kTypeStream, std::move(fd));
+  conn.state = ConnState::Connecting;
+  conn.want_request = true;
+  schedule(conn);
+  VLOG(Debug, "{}: host connect to guest port {} from host port {}", opts_.name, guest_port, port);
+  io_.request_processing();
+}
+
+}  // namespace vsockref

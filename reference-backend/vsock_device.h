@@ -1,0 +1,142 @@
+// The virtio-vsock device model (virtio 1.3, 5.10): connections, credit,
+// STREAM and SEQPACKET, the rx/tx/event rings and the TRANSPORT_RESET rule
+// after a load. It touches rings only through RingIo and host sockets only
+// through the event loop; the vhost-user layer owns both.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "connection.h"
+#include "device_state.h"
+#include "event_loop.h"
+#include "ring_io.h"
+#include "router.h"
+#include "vhu/vsock.h"
+
+namespace vsockref {
+
+struct VsockOptions {
+  uint64_t guest_cid = 3;
+  uint32_t tx_buffer_size = 64 * 1024;  // per-connection guest-to-host buffer (our buf_alloc)
+  std::string uds_path;                 // empty: no host side (in-process fuzzing)
+  std::string name = "vm";              // log prefix
+};
+
+// A packet relayed between sibling guests, header and payload copied.
+struct RelayPacket {
+  vhu::vsock::Hdr hdr;
+  std::vector<uint8_t> payload;
+};
+
+class VsockDevice {
+ public:
+  // After a load: TRANSPORT_RESET owed to the driver (Pending), sent and
+  // waiting for the driver's config read (AwaitConfigRead), or done (None).
+  enum class ResetState { None, Pending, AwaitConfigRead };
+
+  VsockDevice(EventLoop& loop, RingIo& io, VsockOptions opts, Router* router = nullptr);
+  ~VsockDevice();
+  VsockDevice(const VsockDevice&) = delete;
+  VsockDevice& operator=(const VsockDevice&) = delete;
+
+  const VsockOptions& options() const { return opts_; }
+  static uint64_t device_features();
+  void set_features(uint64_t acked) { features_ = acked; }
+  std::array<uint8_t, vhu::vsock::kConfigSize> config() const;
+
+  // Runs every ring the vhost-user layer lets us use: event, tx, then rx.
+  void process();
+  // The vhost-user layer changed a ring's started/enabled state.
+  void rings_changed();
+  // The front-end read the config space (GET_CONFIG).
+  void config_read();
+  // Device reset (RESET_DEVICE, status 0, driver re-initialised the rings,
+  // front-end gone): every flow is closed, the host sees EOF.
+  void reset();
+
+  DeviceState save(uint64_t features, uint64_t protocol_features) const;
+  // The blob parsed and validated; features were checked by the caller.
+  void loaded(const DeviceState& s);
+
+  // A host program finished "CONNECT <port>\n" on uds-path.
+  void host_connect(vhu::UniqueFd fd, uint32_t guest_port);
+  // A sibling's guest sent us a packet.
+  void relay_in(RelayPacket p);
+
+  ResetState reset_state() const { return reset_state_; }
+  size_t connection_count() const { return conns_.size(); }
+  // Nothing owed to the guest and nothing buffered towards the host.
+  bool idle() const;
+
+ private:
+  struct HeldConnect {
+    vhu::UniqueFd fd;
+    uint32_t guest_port;
+  };
+
+  bool stream_ok() const;
+  bool seqpacket_ok() const;
+  bool type_ok(uint16_t type) const;
+  bool accepting_incoming() const { return reset_state_ == ResetState::None; }
+  bool rx_allowed() const;
+  bool tx_allowed() const;
+
+  void process_event();
+  void process_tx();
+  void process_rx();
+  void handle_tx_chain(const vhu::Chain& c);
+  void handle_host_packet(const vhu::vsock::Hdr& h, const vhu::Chain& c);
+  void handle_sibling_packet(VsockDevice* sib, const vhu::vsock::Hdr& h, const vhu::Chain& c);
+  void guest_request(const vhu::vsock::Hdr& h);
+  void guest_rw(Connection& conn, const vhu::vsock::Hdr& h, const vhu::Chain& c);
+  void guest_shutdown(Connection& conn, uint32_t flags);
+
+  // rx: have_rx_work() makes sure the next item really owes a packet before
+  // a buffer is taken; fill_rx() then always writes one and returns its size.
+  bool have_rx_work();
+  uint32_t fill_rx(const vhu::Chain& c);
+  uint32_t fill_conn(Connection& conn, const vhu::Chain& c);
+  uint32_t fill_data(Connection& conn, const vhu::Chain& c);
+  uint32_t fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room);
+  void abort_conn(Connection& conn, const std::string& why);
+  uint32_t write_packet(const vhu::Chain& c, const vhu::vsock::Hdr& h);
+  vhu::vsock::Hdr reply_hdr(Connection& conn, vhu::vsock::Op op, uint32_t flags = 0, uint32_t len = 0);
+
+  Connection* find(const ConnKey& k);
+  Connection& create(const ConnKey& k, uint16_t type, vhu::UniqueFd host);
+  void destroy(Connection& conn);
+  void schedule(Connection& conn);
+  void queue_rst(const vhu::vsock::Hdr& to_guest);
+  void queue_rst_reply(const vhu::vsock::Hdr& from_guest);
+  void update_interest(Connection& conn);
+  void on_host_event(uint64_t id, uint32_t events);
+  void flush_out(Connection& conn);
+  void admit_held();
+  uint32_t alloc_host_port(uint32_t guest_port);
+
+  EventLoop& loop_;
+  RingIo& io_;
+  VsockOptions opts_;
+  Router* router_;
+  uint64_t features_ = 0;
+  ResetState reset_state_ = ResetState::None;
+
+  std::unordered_map<uint64_t, std::unique_ptr<Connection>> conns_;
+  std::unordered_map<ConnKey, uint64_t, ConnKeyHash> by_key_;
+  uint64_t next_id_ = 1;
+  uint32_t next_host_port_ = 1u << 30;
+  std::deque<uint64_t> work_;
+  std::deque<vhu::vsock::Hdr> rsts_;  // RSTs for flows we do not track
+  std::deque<RelayPacket> relay_;     // packets from siblings, in order
+  size_t relay_bytes_ = 0;
+  std::vector<HeldConnect> held_;     // host connects waiting for activation
+  std::vector<uint8_t> scratch_;
+};
+
+}  // namespace vsockref
