@@ -1,0 +1,78 @@
+#include "common.h"
+
+#include <fmt/format.h>
+
+namespace conform {
+
+namespace vs = vhu::vsock;
+
+uint32_t req(vhu::FrontendReq r) { return static_cast<uint32_t>(r); }
+
+bool expect_refused(Ctx& ctx, vhu::Message m, const std::string& what) {
+  auto& fe = ctx.fe();
+  const bool acks = fe.reply_ack();
+  if (acks) m.hdr.flags |= vhu::kFlagNeedReply;
+  auto o = fe.try_request(m);
+  if (o.kind == Outcome::Closed) {
+    ctx.note(fmt::format("the back-end closed the connection on {} (allowed)", what));
+    if (ctx.backend().crashed()) fail(what + " refused", "the back-end crashed: " + ctx.backend().status_text());
+    return true;
+  }
+  if (acks) {
+    check(o.kind == Outcome::Reply, fmt::format("a REPLY_ACK refusing {}", what), o.text);
+    check(o.reply.payload.size() == 8, "a u64 ack", fmt::format("{} payload bytes", o.reply.payload.size()));
+    check(o.u64 != 0, fmt::format("a non-zero ack refusing {} (or the connection closed)", what),
+          "ack 0: the back-end claims success");
+  }
+  ctx.expect_alive("after " + what);
+  return false;
+}
+
+void expect_accepted(Ctx& ctx, vhu::Message m, const std::string& what) {
+  auto& fe = ctx.fe();
+  if (fe.reply_ack()) m.hdr.flags |= vhu::kFlagNeedReply;
+  auto o = fe.try_request(m);
+  check(o.kind == Outcome::Reply, fmt::format("{} accepted", what), o.text);
+  if (m.need_reply()) check(o.u64 == 0, fmt::format("ack 0 for {}", what), o.text);
+}
+
+void tx_consume(Ctx& ctx, VsockGuest& g, unsigned n, const std::string& what, bool kick) {
+  g.reclaim_tx();
+  const uint16_t target = static_cast<uint16_t>(g.tx().dq().avail_idx() + n);
+  for (unsigned i = 0; i < n; ++i) {
+    auto h = g.hdr(vs::Op::RST, 40000 + i, 49999);
+    g.send(h, {}, kick);
+  }
+  const int ms = std::min(ctx.remaining_ms(), 2000);
+  bool ok = g.wait_until([&] { return g.tx().used_idx() == target; }, ms);
+  check(ok, fmt::format("the back-end to use {} tx buffer(s) {} (used idx {})", n, what, target),
+        fmt::format("used idx {} after {} ms", g.tx().used_idx(), ms));
+  g.reclaim_tx();
+}
+
+vhu::UniqueFd open_stream(Ctx& ctx, VsockGuest& g, uint32_t guest_port, uint32_t host_port, int listen_fd) {
+  auto& c = g.connect(guest_port, host_port);
+  const int ms = std::min(ctx.remaining_ms(), 3000);
+  auto host = accept_timeout(listen_fd, ms);
+  check(host.valid(), fmt::format("the back-end to connect to {}_{} for the guest's REQUEST", ctx.host().uds(), host_port),
+        "no connection");
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, ms);
+  check(ok && c.established, fmt::format("a RESPONSE to the guest's REQUEST {}->{}", guest_port, host_port),
+        c.reset ? "RST" : "nothing");
+  return host;
+}
+
+void exchange(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::string& tag) {
+  const std::string up = "guest->host " + tag + ";";
+  const std::string down = "host->guest " + tag + ";";
+  g.write(c, up);
+  std::string got = read_n(host_fd, up.size(), std::min(ctx.remaining_ms(), 2000));
+  check(got == up, fmt::format("the host to read \"{}\" exactly once", up), fmt::format("\"{}\"", got));
+  const size_t before = c.received.size();
+  check(write_all(host_fd, down), "the host socket to accept data", "write failed");
+  bool ok = g.wait_until([&] { return c.received.size() >= before + down.size(); }, std::min(ctx.remaining_ms(), 2000));
+  std::string in = c.received.substr(before);
+  check(ok && in == down, fmt::format("the guest to receive \"{}\" exactly once", down), fmt::format("\"{}\"", in));
+}
+
+}  // namespace conform

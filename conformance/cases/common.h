@@ -1,0 +1,34 @@
+// Helpers shared by the case files: refusal checks and a small vsock data path
+// that any case can use to prove the rings work.
+#pragma once
+
+#include <string>
+
+#include "case.h"
+#include "qemu.h"
+#include "watcher.h"
+
+namespace conform {
+
+// Sends `m` (need_reply when REPLY_ACK is negotiated) and expects it refused:
+// a non-zero ack, or the connection closed. Then, if still connected, the
+// back-end must keep answering. Returns true when it closed the connection.
+bool expect_refused(Ctx& ctx, vhu::Message m, const std::string& what);
+
+// Sends `m` that the back-end must accept: ack 0 when REPLY_ACK is negotiated.
+void expect_accepted(Ctx& ctx, vhu::Message m, const std::string& what);
+
+// Queues `n` RST packets on tx (they address no connection, so no reply may
+// come) and waits until the back-end has used them all.
+void tx_consume(Ctx& ctx, VsockGuest& g, unsigned n, const std::string& what, bool kick = true);
+
+// Guest-initiated stream to host port `port` (the host listens on <uds>_port):
+// REQUEST, RESPONSE, the host accepts. Returns the host's socket.
+vhu::UniqueFd open_stream(Ctx& ctx, VsockGuest& g, uint32_t guest_port, uint32_t host_port, int listen_fd);
+
+// Data both ways on an open stream, checked byte for byte.
+void exchange(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::string& tag);
+
+uint32_t req(vhu::FrontendReq r);
+
+}  // namespace conform

@@ -1,0 +1,237 @@
+#include "launcher.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "vhu/channel.h"
+
+extern char** environ;
+
+namespace conform {
+
+using vhu::Err;
+using vhu::UniqueFd;
+
+std::string TargetSpec::describe() const {
+  switch (mode) {
+    case TargetMode::Connect: return "--connect " + path;
+    case TargetMode::Listen: return "--listen " + path;
+    case TargetMode::Spawn: return "--spawn '" + command + "'" + (backend_connects ? " --backend-connects" : "");
+  }
+  return {};
+}
+
+std::string substitute(const std::string& command, const Placeholders& p) {
+  std::string out;
+  for (size_t i = 0; i < command.size();) {
+    auto try_sub = [&](std::string_view key, const std::string& value) {
+      if (command.compare(i, key.size(), key) == 0) {
+        out += value;
+        i += key.size();
+        return true;
+      }
+      return false;
+    };
+    if (try_sub("{socket}", p.socket) || try_sub("{uds}", p.uds) || try_sub("{cid}", std::to_string(p.cid)) ||
+        try_sub("{dir}", p.dir))
+      continue;
+    out += command[i++];
+  }
+  return out;
+}
+
+namespace {
+std::string signal_name(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
+}
+}  // namespace
+
+vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, uint64_t cid, int listen_fd) {
+  std::unique_ptr<Backend> b(new Backend());
+  b->spec_ = spec;
+  b->listen_fd_ = listen_fd;
+  b->ph_.cid = cid;
+  if (spec.mode != TargetMode::Spawn) {
+    b->ph_.socket = spec.path;
+    b->ph_.uds = spec.uds;
+    b->ph_.cid = spec.cid;
+    b->command_ = spec.describe();
+    return b;
+  }
+  // Unix socket paths are limited to 108 bytes: keep the directory short.
+  char tmpl[] = "/tmp/vuc-XXXXXX";
+  if (!mkdtemp(tmpl)) return Err(fmt::format("mkdtemp: {}", std::strerror(errno)));
+  b->remove_dir_ = true;
+  b->ph_.dir = tmpl;
+  b->ph_.socket = b->ph_.dir + "/vhost-user.sock";
+  b->ph_.uds = b->ph_.dir + "/vsock.uds";
+  b->command_ = substitute(spec.command, b->ph_);
+
+  if (spec.backend_connects) {
+    auto l = vhu::listen_unix(b->ph_.socket);
+    if (!l) return Err("listening for the back-end on " + b->ph_.socket + ": " + l.message());
+    b->own_listener_ = std::move(*l);
+    b->listen_fd_ = b->own_listener_.get();
+  }
+
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return Err(fmt::format("pipe2: {}", std::strerror(errno)));
+  b->stderr_rd_.reset(p[0]);
+  UniqueFd wr(p[1]);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, wr.get(), 1);
+  posix_spawn_file_actions_adddup2(&fa, wr.get(), 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // Its own process group, so a shell pipeline dies as a whole.
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attr, 0);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  std::string shell_cmd = "exec " + b->command_;
+  const char* argv[] = {"/bin/sh", "-c", shell_cmd.c_str(), nullptr};
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, "/bin/sh", &fa, &attr, const_cast<char* const*>(argv), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return Err(fmt::format("posix_spawn /bin/sh -c '{}': {}", b->command_, std::strerror(rc)));
+  b->pid_ = pid;
+  wr.reset();
+  b->stderr_thread_ = std::thread([bp = b.get()] { bp->read_stderr(); });
+  return b;
+}
+
+Backend::~Backend() {
+  terminate(500);
+  if (stderr_thread_.joinable()) stderr_thread_.join();
+  if (remove_dir_) {
+    std::error_code ec;
+    std::filesystem::remove_all(ph_.dir, ec);
+  }
+}
+
+void Backend::read_stderr() {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(stderr_rd_.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    std::lock_guard lock(err_mu_);
+    err_.append(buf, static_cast<size_t>(n));
+    if (err_.size() > 2 * kStderrKeep) err_.erase(0, err_.size() - kStderrKeep);
+  }
+}
+
+std::string Backend::stderr_text() const {
+  std::lock_guard lock(err_mu_);
+  if (err_.size() <= kStderrKeep) return err_;
+  return "[... earlier output dropped ...]\n" + err_.substr(err_.size() - kStderrKeep);
+}
+
+void Backend::reap(int options) {
+  std::lock_guard lock(wait_mu_);
+  if (pid_ <= 0 || exited_) return;
+  int st = 0;
+  pid_t r = ::waitpid(pid_, &st, options);
+  if (r == pid_) {
+    wstatus_ = st;
+    exited_ = true;
+  }
+}
+
+bool Backend::alive() {
+  if (pid_ <= 0) return true;
+  reap(WNOHANG);
+  return !exited_;
+}
+
+bool Backend::crashed() {
+  if (pid_ <= 0) return false;
+  reap(WNOHANG);
+  return exited_ && WIFSIGNALED(wstatus_) && !we_signalled_;
+}
+
+std::string Backend::status_text() {
+  if (pid_ <= 0) return "not spawned by the runner";
+  reap(WNOHANG);
+  if (!exited_) return fmt::format("running (pid {})", pid_);
+  if (WIFEXITED(wstatus_)) return fmt::format("exited with status {}", WEXITSTATUS(wstatus_));
+  if (WIFSIGNALED(wstatus_))
+    return fmt::format("killed by {}{}{}", signal_name(WTERMSIG(wstatus_)), WCOREDUMP(wstatus_) ? " (core dumped)" : "",
+                       we_signalled_ ? " (sent by the runner)" : "");
+  return "ended";
+}
+
+void Backend::terminate(int grace_ms) {
+  if (pid_ <= 0) return;
+  reap(WNOHANG);
+  if (exited_) return;
+  we_signalled_ = true;
+  ::kill(-pid_, SIGTERM);
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
+  while (std::chrono::steady_clock::now() < end) {
+    reap(WNOHANG);
+    if (exited_) return;
+    ::usleep(2000);
+  }
+  ::kill(-pid_, SIGKILL);
+  reap(0);
+}
+
+void Backend::kill_now() {
+  if (pid_ <= 0 || exited_) return;
+  we_signalled_ = true;
+  ::kill(-pid_, SIGKILL);
+}
+
+int Backend::open_fd_count() const {
+  if (pid_ <= 0) return -1;
+  std::error_code ec;
+  int n = 0;
+  for (auto it = std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", pid_), ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+    ++n;
+  return ec ? -1 : n;
+}
+
+vhu::Result<UniqueFd> Backend::connect(int timeout_ms) {
+  if (listen_fd_ >= 0) {
+    auto c = vhu::accept_unix(listen_fd_, timeout_ms);
+    if (!c) {
+      if (pid_ > 0 && !alive()) return Err("back-end " + status_text() + " before connecting to " + ph_.socket);
+      return Err("no back-end connected to " + ph_.socket + ": " + c.message());
+    }
+    return c;
+  }
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string last;
+  for (;;) {
+    auto c = vhu::connect_unix(ph_.socket);
+    if (c) return c;
+    last = c.message();
+    if (pid_ > 0 && !alive()) return Err("back-end " + status_text() + " before accepting a connection on " + ph_.socket);
+    if (std::chrono::steady_clock::now() >= end) break;
+    ::usleep(pid_ > 0 ? 2000 : 20000);
+  }
+  return Err(fmt::format("could not connect to {} within {} ms: {}", ph_.socket, timeout_ms, last));
+}
+
+}  // namespace conform

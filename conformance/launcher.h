@@ -1,0 +1,101 @@
+// Where the back-end under test comes from: one already listening
+// (--connect), a fresh process per case (--spawn), or one that connects to us
+// (--listen, or --spawn with --backend-connects).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "vhu/result.h"
+#include "vhu/unique_fd.h"
+
+namespace conform {
+
+enum class TargetMode { Connect, Spawn, Listen };
+
+struct TargetSpec {
+  TargetMode mode = TargetMode::Spawn;
+  std::string path;     // Connect / Listen: the socket path
+  std::string command;  // Spawn: shell command with {socket} {uds} {cid} {dir}
+  bool backend_connects = false;  // Spawn: the back-end is the client on {socket}
+  std::string device = "vsock";   // device type the cases may drive
+  int start_timeout_ms = 5000;    // until the spawned back-end accepts a connection
+  // --connect/--listen: the host side of hybrid vsock, when the user names it.
+  std::string uds;
+  uint64_t cid = 3;
+
+  std::string describe() const;
+};
+
+// Fresh per-case values substituted into a spawn command.
+struct Placeholders {
+  std::string dir;
+  std::string socket;
+  std::string uds;
+  uint64_t cid = 3;
+};
+std::string substitute(const std::string& command, const Placeholders& p);
+
+// The back-end a case talks to. For Spawn it owns the process: stderr is kept
+// (last 64 KiB), the exit status or signal recorded, a hung one killed.
+class Backend {
+ public:
+  static constexpr size_t kStderrKeep = 64 * 1024;
+
+  // Starts (Spawn) or prepares (Connect, Listen). Error: it could not be started.
+  static vhu::Result<std::unique_ptr<Backend>> launch(const TargetSpec& spec, uint64_t cid,
+                                                      int listen_fd = -1);
+  ~Backend();
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  // A new front-end connection. Spawn: waits until the back-end listens
+  // (retrying connect) or fails when it exits first.
+  vhu::Result<vhu::UniqueFd> connect(int timeout_ms);
+
+  const Placeholders& placeholders() const { return ph_; }
+  const std::string& command_line() const { return command_; }
+  bool spawned() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  // Still running? Reaps it when it has exited.
+  bool alive();
+  // Exited on its own by a signal we did not send.
+  bool crashed();
+  // "running", "exited with status 1", "killed by signal 11 (SIGSEGV)".
+  std::string status_text();
+  std::string stderr_text() const;
+  // SIGTERM, up to grace_ms for it to end, then SIGKILL. Idempotent.
+  void terminate(int grace_ms = 1000);
+  // From another thread: SIGKILL now (hung back-end / case over its time).
+  void kill_now();
+  // Number of open fds of the spawned process (/proc), or -1.
+  int open_fd_count() const;
+
+ private:
+  Backend() = default;
+  void reap(int options);
+  void read_stderr();
+
+  TargetSpec spec_;
+  Placeholders ph_;
+  std::string command_;
+  pid_t pid_ = -1;
+  std::atomic<bool> exited_{false};
+  std::atomic<bool> we_signalled_{false};
+  int wstatus_ = 0;
+  std::mutex wait_mu_;
+  vhu::UniqueFd stderr_rd_;
+  std::thread stderr_thread_;
+  mutable std::mutex err_mu_;
+  std::string err_;  // ring of the last kStderrKeep bytes
+  int listen_fd_ = -1;          // Listen mode: shared listener, not owned
+  vhu::UniqueFd own_listener_;  // Spawn + backend_connects
+  bool remove_dir_ = false;
+};
+
+}  // namespace conform

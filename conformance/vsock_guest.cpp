@@ -1,0 +1,330 @@
+#include "vsock_guest.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "failure.h"
+#include "vhu/channel.h"
+
+namespace conform {
+
+namespace vs = vhu::vsock;
+using Clock = std::chrono::steady_clock;
+
+VsockGuest::VsockGuest(GuestRam& ram, uint64_t guest_cid, bool event_idx, uint32_t queue_size)
+    : ram_(ram),
+      cid_(guest_cid),
+      rx_(ram, vs::kRxQueue, queue_size, event_idx, 1),
+      tx_(ram, vs::kTxQueue, queue_size, event_idx, 0) {
+  init_pools();
+}
+
+void VsockGuest::init_pools() {
+  rx_pool_.clear();
+  tx_pool_.clear();
+  rx_inflight_.clear();
+  tx_inflight_.clear();
+  // rx buffers in the region whose memfd has an offset, tx in the other: both
+  // translations get exercised.
+  for (uint32_t i = 0; i < rx_.size(); ++i) rx_pool_.push_back(ram_.alloc(kBufSize, 64, 1));
+  for (uint32_t i = 0; i < tx_.size(); ++i) tx_pool_.push_back(ram_.alloc(kBufSize, 64, 0));
+}
+
+void VsockGuest::reset_rings(int rx_region, int tx_region) {
+  rx_.relocate(rx_region);
+  tx_.relocate(tx_region);
+  backlog_.clear();
+  conns_.clear();
+  init_pools();
+}
+
+unsigned VsockGuest::post_rx_buffers() {
+  unsigned n = 0;
+  while (!rx_pool_.empty() && rx_.dq().num_free() > 0) {
+    uint64_t gpa = rx_pool_.back();
+    std::memset(ram_.host(gpa, kBufSize), 0, kBufSize);
+    vhu::DriverBuffer b{gpa, kBufSize, true};
+    auto head = rx_.dq().add({&b, 1});
+    if (!head) throw std::runtime_error("suite bug: rx add: " + head.message());
+    rx_pool_.pop_back();
+    rx_inflight_[*head] = gpa;
+    ++n;
+  }
+  rx_.dq().publish();
+  return n;
+}
+
+vs::Hdr VsockGuest::hdr(vs::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len) const {
+  vs::Hdr h;
+  h.src_cid = cid_;
+  h.dst_cid = vs::kHostCid;
+  h.src_port = src_port;
+  h.dst_port = dst_port;
+  h.len = len;
+  h.type = vs::kTypeStream;
+  h.op = static_cast<uint16_t>(op);
+  h.buf_alloc = 256 * 1024;
+  return h;
+}
+
+unsigned VsockGuest::reclaim_tx() {
+  unsigned n = 0;
+  while (auto u = tx_.dq().pop_used()) {
+    auto it = tx_inflight_.find(static_cast<uint16_t>(u->id));
+    if (it == tx_inflight_.end()) {
+      anomalies_.push_back(fmt::format("tx used id {} was not in flight", u->id));
+      continue;
+    }
+    tx_pool_.push_back(it->second);
+    tx_inflight_.erase(it);
+    ++n;
+  }
+  return n;
+}
+
+void VsockGuest::send(const vs::Hdr& h0, std::span<const uint8_t> payload, bool kick) {
+  if (payload.size() + vs::kHdrSize > kBufSize) throw std::runtime_error("suite bug: vsock packet too large");
+  vs::Hdr h = h0;
+  h.len = static_cast<uint32_t>(payload.size());
+  if (auto* c = conn(h.src_port, h.dst_port)) {
+    h.buf_alloc = c->buf_alloc;
+    h.fwd_cnt = c->fwd_cnt;
+  }
+  if (tx_pool_.empty() || tx_.dq().num_free() == 0) reclaim_tx();
+  if (tx_pool_.empty() || tx_.dq().num_free() == 0)
+    wait_until([&] { return reclaim_tx() > 0 || (!tx_pool_.empty() && tx_.dq().num_free() > 0); }, 2000);
+  if (tx_pool_.empty() || tx_.dq().num_free() == 0)
+    fail("the back-end to consume tx buffers", "the tx ring stayed full for 2 s");
+  uint64_t gpa = tx_pool_.back();
+  uint8_t* p = ram_.host(gpa, kBufSize);
+  vs::encode(h, std::span<uint8_t, vs::kHdrSize>(p, vs::kHdrSize));
+  if (!payload.empty()) std::memcpy(p + vs::kHdrSize, payload.data(), payload.size());
+  vhu::DriverBuffer b{gpa, static_cast<uint32_t>(vs::kHdrSize + payload.size()), false};
+  uint16_t old = tx_.dq().avail_idx();
+  auto head = tx_.dq().add({&b, 1});
+  if (!head) throw std::runtime_error("suite bug: tx add: " + head.message());
+  tx_pool_.pop_back();
+  tx_inflight_[*head] = gpa;
+  tx_.dq().publish();
+  if (kick && tx_.dq().needs_kick(old)) tx_.kick();
+}
+
+std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
+  std::vector<RxPacket> out;
+  rx_.take_calls();
+  while (auto u = rx_.dq().pop_used()) {
+    auto it = rx_inflight_.find(static_cast<uint16_t>(u->id));
+    if (it == rx_inflight_.end()) {
+      anomalies_.push_back(fmt::format("rx used id {} was not in flight", u->id));
+      continue;
+    }
+    RxPacket p;
+    p.used_len = u->len;
+    const uint8_t* buf = ram_.host(it->second, kBufSize);
+    auto h = vs::decode({buf, vs::kHdrSize});
+    if (u->len < vs::kHdrSize || !h) {
+      anomalies_.push_back(fmt::format("rx used len {} is shorter than a vsock header", u->len));
+    } else {
+      p.hdr = *h;
+      uint32_t n = std::min<uint32_t>(p.hdr.len, kBufSize - vs::kHdrSize);
+      if (p.hdr.len + vs::kHdrSize > u->len)
+        anomalies_.push_back(fmt::format("rx packet hdr.len {} exceeds used len {}", p.hdr.len, u->len));
+      p.data.assign(buf + vs::kHdrSize, buf + vs::kHdrSize + n);
+      handle(p);
+      out.push_back(p);
+    }
+    rx_pool_.push_back(it->second);
+    rx_inflight_.erase(it);
+  }
+  if (repost && !out.empty()) {
+    uint16_t old = rx_.dq().avail_idx();
+    post_rx_buffers();
+    if (rx_.dq().needs_kick(old)) rx_.kick();
+  }
+  return out;
+}
+
+GuestConn* VsockGuest::conn(uint32_t local_port, uint32_t host_port) {
+  auto it = conns_.find({local_port, host_port});
+  return it == conns_.end() ? nullptr : &it->second;
+}
+
+void VsockGuest::handle(const RxPacket& p) {
+  const auto& h = p.hdr;
+  if (h.dst_cid != cid_ || h.src_cid != vs::kHostCid)
+    anomalies_.push_back("rx packet with wrong addresses: " + vs::describe(h));
+  GuestConn* c = conn(h.dst_port, h.src_port);
+  if (!c) {
+    if (h.op != static_cast<uint16_t>(vs::Op::REQUEST) && h.op != static_cast<uint16_t>(vs::Op::RST))
+      anomalies_.push_back("rx packet for no connection: " + vs::describe(h));
+    return;
+  }
+  c->peer_buf_alloc = h.buf_alloc;
+  c->peer_fwd_cnt = h.fwd_cnt;
+  switch (static_cast<vs::Op>(h.op)) {
+    case vs::Op::RESPONSE: c->established = true; break;
+    case vs::Op::RST: c->reset = true; c->established = false; break;
+    case vs::Op::SHUTDOWN: c->shutdown_flags |= h.flags; break;
+    case vs::Op::RW: {
+      c->received.append(p.data.begin(), p.data.end());
+      c->fwd_cnt += static_cast<uint32_t>(p.data.size());
+      break;
+    }
+    case vs::Op::CREDIT_REQUEST: {
+      send(hdr(vs::Op::CREDIT_UPDATE, c->local_port, c->peer_port));
+      break;
+    }
+    default: break;
+  }
+}
+
+std::optional<RxPacket> VsockGuest::wait_rx(const std::function<bool(const RxPacket&)>& pred, int timeout_ms) {
+  for (auto it = backlog_.begin(); it != backlog_.end(); ++it) {
+    if (pred(*it)) {
+      RxPacket p = std::move(*it);
+      backlog_.erase(it);
+      return p;
+    }
+  }
+  auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto pkts = poll_rx();
+    std::optional<RxPacket> found;
+    for (auto& p : pkts) {
+      if (!found && pred(p))
+        found = std::move(p);
+      else
+        backlog_.push_back(std::move(p));
+    }
+    if (found) return found;
+    if (Clock::now() >= end) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+}
+
+bool VsockGuest::wait_until(const std::function<bool()>& cond, int timeout_ms) {
+  auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    if (cond()) return true;
+    if (Clock::now() >= end) return false;
+    for (auto& p : poll_rx()) backlog_.push_back(std::move(p));
+    reclaim_tx();
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+}
+
+GuestConn& VsockGuest::connect(uint32_t local_port, uint32_t host_port) {
+  GuestConn& c = conns_[{local_port, host_port}];
+  c = GuestConn{};
+  c.local_port = local_port;
+  c.peer_port = host_port;
+  send(hdr(vs::Op::REQUEST, local_port, host_port));
+  return c;
+}
+
+void VsockGuest::accept(uint32_t local_port, uint32_t host_port) {
+  GuestConn& c = conns_[{local_port, host_port}];
+  c = GuestConn{};
+  c.local_port = local_port;
+  c.peer_port = host_port;
+  c.established = true;
+  send(hdr(vs::Op::RESPONSE, local_port, host_port));
+}
+
+void VsockGuest::write(GuestConn& c, std::string_view data, bool kick) {
+  const size_t chunk = kBufSize - vs::kHdrSize;
+  while (!data.empty()) {
+    auto credit = [&] { return c.peer_buf_alloc - (c.tx_cnt - c.peer_fwd_cnt); };
+    if (credit() == 0 && !wait_until([&] { return credit() > 0 || c.reset; }, 2000))
+      fail("credit from the peer to send more data", "no CREDIT_UPDATE within 2 s");
+    size_t n = std::min<size_t>({data.size(), chunk, static_cast<size_t>(credit())});
+    send(hdr(vs::Op::RW, c.local_port, c.peer_port),
+         {reinterpret_cast<const uint8_t*>(data.data()), n}, kick);
+    c.tx_cnt += static_cast<uint32_t>(n);
+    data.remove_prefix(n);
+  }
+}
+
+// ---- host side ----
+
+bool write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+std::string read_some(int fd, int timeout_ms, bool* eof) {
+  if (eof) *eof = false;
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, timeout_ms) <= 0) return {};
+  char buf[65536];
+  ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+  if (n == 0 && eof) *eof = true;
+  if (n <= 0) return {};
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::string read_n(int fd, size_t n, int timeout_ms) {
+  std::string out;
+  auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (out.size() < n) {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
+    if (left <= 0) break;
+    bool eof = false;
+    out += read_some(fd, left, &eof);
+    if (eof) break;
+  }
+  return out;
+}
+
+vhu::UniqueFd accept_timeout(int listen_fd, int timeout_ms) {
+  auto r = vhu::accept_unix(listen_fd, timeout_ms);
+  return r ? std::move(*r) : vhu::UniqueFd();
+}
+
+vhu::UniqueFd HostSide::connect(uint32_t guest_port) {
+  auto s = vhu::connect_unix(uds_);
+  if (!s) fail("the back-end to listen on its hybrid-vsock socket " + uds_, s.message());
+  vhu::UniqueFd fd = std::move(*s);
+  if (!write_all(fd.get(), fmt::format("CONNECT {}\n", guest_port)))
+    fail("to write CONNECT to " + uds_, "the back-end closed the socket");
+  return fd;
+}
+
+std::string read_line(int fd, int timeout_ms) {
+  // Byte by byte: whatever follows the line is stream data for the caller.
+  std::string out;
+  auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (out.empty() || out.back() != '\n') {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, left) <= 0) break;
+    char c;
+    ssize_t n = ::recv(fd, &c, 1, 0);
+    if (n <= 0) break;
+    out += c;
+  }
+  return out;
+}
+
+vhu::UniqueFd HostSide::listen(uint32_t port) {
+  std::string path = fmt::format("{}_{}", uds_, port);
+  ::unlink(path.c_str());
+  auto l = vhu::listen_unix(path);
+  if (!l) fail("to listen on " + path, l.message());
+  return std::move(*l);
+}
+
+}  // namespace conform

@@ -1,0 +1,120 @@
+// The emulated guest's virtio-vsock driver: rx buffers posted, packets sent on
+// tx, rx packets collected, stream connections with credit accounting, and
+// the host side of hybrid vsock (the Unix sockets a back-end exposes).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "guest_queue.h"
+#include "guest_ram.h"
+#include "vhu/unique_fd.h"
+#include "vhu/vsock.h"
+
+namespace conform {
+
+struct RxPacket {
+  vhu::vsock::Hdr hdr;
+  std::vector<uint8_t> data;
+  uint32_t used_len = 0;
+};
+
+struct GuestConn {
+  uint32_t local_port = 0;   // guest side
+  uint32_t peer_port = 0;    // host side
+  bool established = false;
+  bool reset = false;
+  uint32_t shutdown_flags = 0;
+  uint32_t buf_alloc = 256 * 1024;
+  uint32_t fwd_cnt = 0;        // bytes the guest consumed
+  uint32_t peer_buf_alloc = 0;
+  uint32_t peer_fwd_cnt = 0;
+  uint32_t tx_cnt = 0;         // bytes the guest sent
+  std::string received;
+};
+
+class VsockGuest {
+ public:
+  static constexpr uint32_t kBufSize = 4096;
+
+  VsockGuest(GuestRam& ram, uint64_t guest_cid, bool event_idx, uint32_t queue_size = 128);
+
+  GuestQueue& rx() { return rx_; }
+  GuestQueue& tx() { return tx_; }
+  uint64_t cid() const { return cid_; }
+
+  // Fills every free rx descriptor with a 4 KiB device-writable buffer (not kicked).
+  unsigned post_rx_buffers();
+  // Queues one packet on tx; kicks when the device asks for it (or always).
+  void send(const vhu::vsock::Hdr& h, std::span<const uint8_t> payload = {}, bool kick = true);
+  // A header from this guest to the host.
+  vhu::vsock::Hdr hdr(vhu::vsock::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len = 0) const;
+  // Takes used rx buffers, decodes, reposts; handles connection bookkeeping.
+  std::vector<RxPacket> poll_rx(bool repost = true);
+  // Reclaims used tx buffers; returns how many.
+  unsigned reclaim_tx();
+  // Polls until pred(packet) holds for a received packet, or timeout. Others are kept in backlog().
+  std::optional<RxPacket> wait_rx(const std::function<bool(const RxPacket&)>& pred, int timeout_ms);
+  // Polls until the condition holds, or timeout.
+  bool wait_until(const std::function<bool()>& cond, int timeout_ms);
+  std::deque<RxPacket>& backlog() { return backlog_; }
+
+  // Stream connections (guest-initiated or accepted).
+  GuestConn& connect(uint32_t local_port, uint32_t host_port);      // sends REQUEST
+  void accept(uint32_t local_port, uint32_t host_port);               // sends RESPONSE
+  void write(GuestConn& c, std::string_view data, bool kick = true);  // RW packets, within credit
+  GuestConn* conn(uint32_t local_port, uint32_t host_port);
+  std::map<std::pair<uint32_t, uint32_t>, GuestConn>& conns() { return conns_; }
+  // Packets seen that belong to no known connection or are odd (for verdicts).
+  std::vector<std::string>& anomalies() { return anomalies_; }
+
+  // Guest driver reset: forget rings, connections and buffers; fresh rings.
+  void reset_rings(int rx_region, int tx_region);
+
+ private:
+  void handle(const RxPacket& p);
+  void init_pools();
+
+  GuestRam& ram_;
+  uint64_t cid_;
+  GuestQueue rx_, tx_;
+  std::vector<uint64_t> rx_pool_, tx_pool_;  // buffer gpas not in a ring
+  std::map<uint16_t, uint64_t> rx_inflight_, tx_inflight_;  // head -> buffer gpa
+  std::deque<RxPacket> backlog_;
+  std::map<std::pair<uint32_t, uint32_t>, GuestConn> conns_;
+  std::vector<std::string> anomalies_;
+};
+
+// The host side of hybrid vsock: `uds` is the back-end's --uds-path.
+class HostSide {
+ public:
+  explicit HostSide(std::string uds) : uds_(std::move(uds)) {}
+  // Host-initiated: connects to uds and writes "CONNECT <port>\n". The "OK "
+  // line comes once the guest accepted (read_line).
+  vhu::UniqueFd connect(uint32_t guest_port);
+  // Guest-initiated connections to host port P arrive on "<uds>_P".
+  vhu::UniqueFd listen(uint32_t port);
+  const std::string& uds() const { return uds_; }
+
+ private:
+  std::string uds_;
+};
+
+// Socket helpers for host peers.
+bool write_all(int fd, std::string_view data);
+// Reads until `n` bytes arrived, EOF or timeout; returns what came.
+std::string read_n(int fd, size_t n, int timeout_ms);
+// Whatever arrives within timeout_ms (empty on none); eof set on EOF.
+// One line up to and including '\n' (or what came before the timeout).
+std::string read_line(int fd, int timeout_ms);
+std::string read_some(int fd, int timeout_ms, bool* eof = nullptr);
+vhu::UniqueFd accept_timeout(int listen_fd, int timeout_ms);
+
+}  // namespace conform
