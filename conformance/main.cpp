@@ -110,7 +110,7 @@ int real_main(int argc, char** argv) {
     cfg.timeout_forced = true;
   }
   if (!profile.empty()) {
-    auto t = profile_target(profile, self_dir());
+    auto t = profile_target(profile, self_dir(), cfg.spec);
     if (!t) {
       std::cerr << "vhost-user-conform: unknown profile '" << profile << "'\n";
       return kUsage;

@@ -4,7 +4,7 @@ namespace conform {
 
 const std::vector<Profile>& profiles() {
   static const std::vector<Profile> p = {
-      {"ref", "the bundled reference back-end", "{bindir}/vhost-user-vsock-ref --socket {socket} --uds-path {uds} --guest-cid {cid}",
+      {"ref", "the bundled reference back-end", "{bindir}/vhost-user-vsock-ref --socket {socket} --uds-path {uds} --guest-cid {cid} --spec {spec}",
        "vsock"},
       // Runs as root only; serves one connection, then exits.
       {"virtiofsd", "QEMU 7.2 virtiofsd (libvhost-user)",
@@ -23,7 +23,7 @@ const std::vector<Profile>& profiles() {
   return p;
 }
 
-std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir) {
+std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir, vhu::SpecText spec) {
   for (const auto& p : profiles()) {
     if (p.name != name) continue;
     TargetSpec t;
@@ -31,6 +31,8 @@ std::optional<TargetSpec> profile_target(const std::string& name, const std::str
     t.device = p.device;
     std::string cmd = p.command;
     for (size_t pos; (pos = cmd.find("{bindir}")) != std::string::npos;) cmd.replace(pos, 8, bindir);
+    const std::string text = spec == vhu::SpecText::Newest ? "newest" : "upstream";
+    for (size_t pos; (pos = cmd.find("{spec}")) != std::string::npos;) cmd.replace(pos, 6, text);
     t.command = cmd;
     return t;
   }

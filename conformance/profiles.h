@@ -7,18 +7,21 @@
 #include <vector>
 
 #include "launcher.h"
+#include "vhu/features.h"
 
 namespace conform {
 
 struct Profile {
   std::string name;
   std::string description;
-  std::string command;  // {bindir} is the runner's own directory
+  // {bindir} is the runner's own directory; {spec} the text judged by
+  // (--spec), for a back-end that can follow either where they conflict.
+  std::string command;
   std::string device;
 };
 
 const std::vector<Profile>& profiles();
 // The spec for a profile, with {bindir} resolved; nullopt for an unknown name.
-std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir);
+std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir, vhu::SpecText spec);
 
 }  // namespace conform

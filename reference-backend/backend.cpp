@@ -274,6 +274,7 @@ void Backend::on_kick(unsigned q, uint32_t events) {
          events);
     loop_.remove(r.kick.get());
   }
+  if (!r.started) start_ring(q);
   if (r.enabled) {
     r.kick_lost = false;
   } else if (VSOCKREF_FAULT(lose_kick_before_enable)) {

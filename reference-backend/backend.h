@@ -23,6 +23,7 @@
 #include "event_loop.h"
 #include "ring_io.h"
 #include "router.h"
+#include "vhu/features.h"
 #include "vhu/guest_memory.h"
 #include "vhu/messages.h"
 #include "vring.h"
@@ -39,6 +40,9 @@ class ReplySink {
 struct BackendOptions {
   VsockOptions vsock;
   uint32_t max_queue_size = 1024;  // largest SET_VRING_NUM accepted
+  // Whose "Ring states" rule starts a ring: upstream (its first kick) or
+  // newest (SET_VRING_KICK itself). The texts conflict; README, "Ring states".
+  vhu::SpecText spec = vhu::SpecText::Upstream;
 };
 
 enum class Disposition { Continue, Close, Wait };
@@ -103,6 +107,7 @@ class Backend final : private RingIo {
   void rebind_all();
   void stop_ring(unsigned q);
   void watch_kick(unsigned q);
+  void start_ring(unsigned q);
   void on_kick(unsigned q, uint32_t events);
   void reset_rings();
   void device_reset(const char* why);

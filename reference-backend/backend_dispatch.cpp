@@ -309,6 +309,20 @@ vhu::Result<uint64_t> Backend::set_vring_kick(Ctx& c) {
   if (r.kick) loop_.remove(r.kick.get());
   r.kick = arg.nofd ? vhu::UniqueFd{} : std::move(c.msg.fds[0]);
   r.poll = arg.nofd;
+  r.broken = false;
+  r.kick_lost = false;
+  watch_kick(*q);
+  // Newest text: "Rings are started with VHOST_USER_SET_VRING_KICK". Upstream
+  // text: the back-end "must start a ring upon receiving a kick" and must not
+  // process it before; a ring that polls (no-fd flag) has no kick to wait for.
+  // QEMU hands over a kick fd that is already signalled, so under both texts
+  // it starts at once (README, "Ring states").
+  if (arg.nofd || opts_.spec == vhu::SpecText::Newest) start_ring(*q);
+  return 0;
+}
+
+void Backend::start_ring(unsigned q) {
+  Vring& r = rings_[q];
   // A driver that re-initialised the ring (guest reset under QEMU 7.2, which
   // has no RESET_DEVICE) shows up as a restart with other addresses or base:
   // its connections are gone, so ours must go too (README, "Resets").
@@ -317,21 +331,14 @@ vhu::Result<uint64_t> Backend::set_vring_kick(Ctx& c) {
                       std::memcmp(&r.stopped_at->addr, &*r.addr, sizeof(vhu::VringAddr)) == 0;
     if (!same) {
       VLOG(Info, "{}: ring {} restarted at base {} (stopped at {}) or moved: the driver was reset", opts_.vsock.name,
-           *q, r.queue.last_avail(), r.stopped_at->base);
+           q, r.queue.last_avail(), r.stopped_at->base);
       device_.reset();
     }
     r.stopped_at.reset();
   }
-  // Newest text: the ring starts here. Upstream text: on the kick, which QEMU
-  // injects by handing over an fd that is already signalled. Starting here
-  // and reading the ring at once satisfies both (README, "Ring states").
   r.started = true;
-  r.broken = false;
-  r.kick_lost = false;
-  watch_kick(*q);
   if (r.poll) arm_poll_timer();
   device_.rings_changed();
-  return 0;
 }
 
 vhu::Result<uint64_t> Backend::set_vring_call(Ctx& c) {

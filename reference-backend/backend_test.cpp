@@ -108,9 +108,38 @@ TEST_F(BackendTest, RingsEnabledFromTheStartWithoutProtocolFeatures) {
   EXPECT_TRUE(b.ring(1).enabled);
 }
 
+TEST_F(BackendTest, UpstreamTextStartsARingOnItsFirstKick) {
+  auto kick = with_fd(vhu::Message::request_with(id(FrontendReq::SET_VRING_KICK), uint64_t{1}));
+  const int fd = kick.fds[0].get();
+  send(std::move(kick));
+  b.poll_once();
+  EXPECT_FALSE(b.ring(1).started);
+  const uint64_t one = 1;
+  ASSERT_EQ(::write(fd, &one, sizeof one), 8);
+  b.poll_once();
+  EXPECT_TRUE(b.ring(1).started);
+}
+
+TEST_F(BackendTest, NoFdFlagStartsAPollingRingAtOnce) {
+  send(vhu::Message::request_with(id(FrontendReq::SET_VRING_KICK), uint64_t{1} | vhu::kVringNoFdFlag));
+  EXPECT_TRUE(b.ring(1).started);
+}
+
+TEST(BackendNewestText, SetVringKickStartsTheRing) {
+  EventLoop loop;
+  Sink sink;
+  BackendOptions o;
+  o.spec = vhu::SpecText::Newest;
+  Backend b{loop, sink, o};
+  auto kick = vhu::Message::request_with(id(FrontendReq::SET_VRING_KICK), uint64_t{1});
+  kick.fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+  b.handle(std::move(kick));
+  EXPECT_TRUE(b.ring(1).started);
+}
+
 TEST_F(BackendTest, GetVringBaseStopsAndReturnsTheBase) {
   send(vhu::Message::request_with(id(FrontendReq::SET_VRING_BASE), vhu::VringState{1, 42}));
-  send(with_fd(vhu::Message::request_with(id(FrontendReq::SET_VRING_KICK), uint64_t{1})));
+  send(vhu::Message::request_with(id(FrontendReq::SET_VRING_KICK), uint64_t{1} | vhu::kVringNoFdFlag));
   EXPECT_TRUE(b.ring(1).started);
   EXPECT_FALSE(b.suspended());
   send(vhu::Message::request_with(id(FrontendReq::GET_VRING_BASE), vhu::VringState{1, 0}));

@@ -46,14 +46,28 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--queue-size", one.queue_size, "largest virtqueue size accepted (power of two)")
       ->capture_default_str();
+  std::string spec = "upstream";
+  app.add_option("--spec", spec,
+                 "which vhost-user text's ring-start rule to follow: upstream (a ring starts on its first kick) or "
+                 "newest (SET_VRING_KICK starts it); the two conflict, see README \"Ring states\"")
+      ->check(CLI::IsMember({"upstream", "newest"}))
+      ->capture_default_str();
   app.add_option("--log-level", level, "error, warn, info, debug or trace")->capture_default_str();
 #ifdef VHU_FAULT_INJECTION
   std::vector<std::string> faults;
   std::string fault_help = "enable a deliberate fault (repeatable):";
   for (const auto& f : all_faults()) fault_help += fmt::format("\n  {}: {}", f.name, f.description);
   app.add_option("--fault", faults, fault_help);
+  bool list_faults = false;
+  app.add_flag("--list-faults", list_faults, "print the fault names, one per line, and exit");
 #endif
   CLI11_PARSE(app, argc, argv);
+#ifdef VHU_FAULT_INJECTION
+  if (list_faults) {
+    for (const auto& f : all_faults()) fmt::print("{}\n", f.name);
+    return 0;
+  }
+#endif
 
   LogLevel lv;
   if (!parse_log_level(level, lv)) {
@@ -78,6 +92,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   one.groups = *g;
+  one.spec = spec == "newest" ? vhu::SpecText::Newest : vhu::SpecText::Upstream;
   if (!vm_specs.empty()) {
     if (!one.socket.empty()) {
       fmt::print(stderr, "give either --socket or --vm, not both\n");

@@ -24,7 +24,7 @@ Vm::Vm(EventLoop& loop, VmConfig cfg, Router* router)
       router_(router),
       name_(fmt::format("cid {}", cfg_.guest_cid)),
       backend_(loop, *this,
-               BackendOptions{VsockOptions{cfg_.guest_cid, cfg_.tx_buffer_size, cfg_.uds_path, name_}, cfg_.queue_size},
+               BackendOptions{VsockOptions{cfg_.guest_cid, cfg_.tx_buffer_size, cfg_.uds_path, name_}, cfg_.queue_size, cfg_.spec},
                router) {
   if (router_) router_->add(cfg_.guest_cid, cfg_.groups, &backend_.device());
   backend_.on_resume = [this] {

@@ -24,6 +24,7 @@ struct VmConfig {
   uint32_t tx_buffer_size = 64 * 1024;
   uint32_t queue_size = 1024;
   bool client = false;   // connect to `socket` instead of listening on it
+  vhu::SpecText spec = vhu::SpecText::Upstream;  // whose ring-start rule (BackendOptions)
 };
 
 class Vm final : private ReplySink {
