@@ -1,6 +1,7 @@
 // The request table and one handler per supported front-end request.
 #include <fmt/format.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstring>
@@ -380,7 +381,14 @@ vhu::Result<uint64_t> Backend::set_vring_enable(Ctx& c) {
     VLOG(Warn, "{}: SET_VRING_ENABLE: field num = {} is neither 0 nor 1", opts_.vsock.name, s->num);
     return 1;
   }
-  rings_[*q].enabled = s->num == 1;
+  Vring& r = rings_[*q];
+  if (VSOCKREF_FAULT(lose_kick_before_enable) && s->num == 1 && !r.enabled && r.kick) {
+    // rust-vmm/vhost #247: the kick that came while disabled is consumed and
+    // forgotten, whether or not the loop had seen it yet.
+    uint64_t v;
+    if (::read(r.kick.get(), &v, sizeof v) == sizeof v || r.started) r.kick_lost = true;
+  }
+  r.enabled = s->num == 1;
   device_.rings_changed();
   return 0;
 }

@@ -17,6 +17,20 @@ if known=$("$faulty" --list-faults 2>/dev/null); then
     grep -qE "^$f[[:space:]]*:" "$table" || { echo "fault $f has no line in $table"; status=1; }
   done
 fi
+all_cases=$("$runner" --list | awk '{print $1}' | sort)
+# One id per line; '*' and '?*' expand to every case.
+expand_ids() {
+  local t
+  set -f
+  for t in $1; do
+    case $t in
+      '*') echo "$all_cases" ;;
+      '?*') echo "$all_cases" | sed 's/^/?/' ;;
+      *) echo "$t" ;;
+    esac
+  done
+  set +f
+}
 while IFS= read -r line; do
   line=${line%%#*}
   [[ -z "${line// /}" ]] && continue
@@ -24,9 +38,10 @@ while IFS= read -r line; do
   fault=${fault// /}
   # A bare id must fail; an id with a leading '?' may fail too (collateral
   # damage whose timing the fault does not control); nothing else may fail.
-  ids=$(echo "${line#*:}" | tr ' ' '\n' | grep -v '^$')
-  want=$(echo "$ids" | grep -v '^?' | sort)
-  maybe=$(echo "$ids" | grep '^?' | sed 's/^?//' | sort)
+  # '*' stands for every case: a fault that breaks the handshake fails all.
+  ids=$(expand_ids "${line#*:}")
+  want=$(echo "$ids" | grep -v '^?' | sort -u)
+  maybe=$(echo "$ids" | grep '^?' | sed 's/^?//' | sort -u)
   report="$out/fault-$fault.xml"
   "$runner" --spawn "$faulty --fault $fault --socket {socket} --uds-path {uds} --guest-cid {cid}" \
     --jobs 2 --no-progress --junit "$report" >"$out/fault-$fault.log" 2>&1
@@ -41,7 +56,7 @@ PY
   )
   got=$(echo "$got" | grep -v '^$' | sort)
   missing=$(comm -23 <(echo "$want") <(echo "$got") | grep -v '^$')
-  extra=$(comm -13 <(echo "$want"; echo "$maybe") <(echo "$got") | grep -v '^$')
+  extra=$(comm -13 <(printf '%s\n' "$want" "$maybe" | sort -u) <(echo "$got") | grep -v '^$')
   if [[ -n "$missing" || -n "$extra" ]]; then
     echo "FAULT $fault (exit $rc):"
     [[ -n "$missing" ]] && echo "  expected to fail but passed:" && echo "$missing" | sed 's/^/    /'
