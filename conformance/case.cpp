@@ -40,6 +40,11 @@ Ctx::Ctx(const CaseInfo& info, const RunConfig& cfg, Backend& backend, Clock::ti
       std::cerr << "[" << id << "] " << line << "\n";
     });
   }
+  if (!cfg.record_corpus_dir.empty()) {
+    log_.set_tap([this](Dir d, const vhu::Message& m) {
+      if (d == Dir::ToBackend) corpus_.add(m);
+    });
+  }
 }
 
 Ctx::~Ctx() = default;

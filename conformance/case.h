@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "corpus_recorder.h"
 #include "failure.h"
 #include "frontend.h"
 #include "guest_ram.h"
@@ -61,6 +62,7 @@ struct RunConfig {
   bool verbose = false;
   int quiet_window_ms = 150;     // how long a watcher watches to prove a negative
   int listen_fd = -1;            // --listen
+  std::string record_corpus_dir; // --record-corpus: "" = off
 };
 
 // Everything a case body works with. Created fresh for each case.
@@ -75,6 +77,7 @@ class Ctx {
   bool newest() const { return cfg_.spec == vhu::SpecText::Newest; }
   Backend& backend() { return backend_; }
   MessageLog& log() { return log_; }
+  const CorpusRecorder& corpus() const { return corpus_; }
   Clock::time_point deadline() const { return deadline_; }
   int remaining_ms() const;
 
@@ -84,6 +87,12 @@ class Ctx {
   // text in *why when the back-end does not accept another connection.
   Frontend* reconnect(std::string* why);
   bool has_fe() const { return fe_ != nullptr; }
+  // Points fe() at `other` and hands back the current connection: a case that
+  // drives two back-ends (a migration's source and destination) swaps them.
+  std::unique_ptr<Frontend> swap_fe(std::unique_ptr<Frontend> other) {
+    fe_.swap(other);
+    return other;
+  }
 
   GuestRam& ram();
   // The vsock guest driver (needs a vsock target); created on first use.
@@ -122,6 +131,7 @@ class Ctx {
   Backend& backend_;
   Clock::time_point deadline_;
   MessageLog log_;
+  CorpusRecorder corpus_;
   std::unique_ptr<Frontend> fe_;
   std::unique_ptr<GuestRam> ram_;
   std::unique_ptr<VsockGuest> vsock_;

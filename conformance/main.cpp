@@ -31,7 +31,8 @@ int real_main(int argc, char** argv) {
   using namespace conform;
   CLI::App app{"vhost-user-conform: conformance suite for vhost-user back-ends"};
   app.set_version_flag("--version", "vhost-user-conform 0.1");
-  std::string connect, spawn, listen, profile, junit, expect, spec = "upstream", device, req_file, spec_sources;
+  std::string connect, spawn, listen, profile, junit, expect, spec = "upstream", device, req_file, spec_sources,
+      record_corpus;
   std::vector<std::string> filters;
   bool list = false, requirements = false, check_reqs = false, verbose = false, backend_connects = false,
        no_progress = false;
@@ -55,6 +56,9 @@ int real_main(int argc, char** argv) {
   app.add_option("--junit", junit, "write a JUnit XML report to FILE");
   app.add_option("--expect", expect, "known failures: one case id or glob per line");
   app.add_option("--timeout-ms", timeout_ms, "per-case time limit (overrides each case's own)")->check(CLI::Range(100, 3600000));
+  app.add_option("--record-corpus", record_corpus,
+                 "write each case's front-end requests to DIR/vhost_user_messages/case-<id>, in the framing of the "
+                 "vhost_user_messages fuzz target (fuzz/README.md)");
   app.add_option("--quiet-window-ms", quiet_ms, "how long to watch to prove that nothing happens")->check(CLI::Range(10, 10000));
   app.add_flag("--verbose,-v", verbose, "print the decoded message trace on stderr");
   app.add_flag("--no-progress", no_progress, "no progress line");
@@ -105,6 +109,7 @@ int real_main(int argc, char** argv) {
   cfg.verbose = verbose;
   cfg.spec = spec == "newest" ? vhu::SpecText::Newest : vhu::SpecText::Upstream;
   cfg.quiet_window_ms = quiet_ms;
+  cfg.record_corpus_dir = record_corpus;
   if (timeout_ms > 0) {
     cfg.default_timeout_ms = timeout_ms;
     cfg.timeout_forced = true;

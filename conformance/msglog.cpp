@@ -24,6 +24,7 @@ bool outgoing(Dir d) { return d == Dir::ToBackend || d == Dir::BackendRsp; }
 }  // namespace
 
 void MessageLog::record(Dir d, const vhu::Message& m, const std::string& note) {
+  if (tap_) tap_(d, m);
   std::string text = vhu::describe(plane_of(d), m);
   if (!note.empty()) text += "  [" + note + "]";
   record_text(d, text);

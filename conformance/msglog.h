@@ -30,6 +30,8 @@ class MessageLog {
   uint64_t count(Dir d) const;
   // Called with each line as it is recorded (--verbose).
   void set_echo(std::function<void(const std::string&)> f) { echo_ = std::move(f); }
+  // Called with each message as it is recorded (--record-corpus).
+  void set_tap(std::function<void(Dir, const vhu::Message&)> f) { tap_ = std::move(f); }
 
  private:
   struct Line {
@@ -42,6 +44,7 @@ class MessageLog {
   std::deque<Line> out_, in_;
   uint64_t counts_[4] = {0, 0, 0, 0};
   std::function<void(const std::string&)> echo_;
+  std::function<void(Dir, const vhu::Message&)> tap_;
 };
 
 }  // namespace conform

@@ -105,6 +105,9 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
                     (r.message.empty() ? "" : "; " + r.message);
     }
     r.message_log = ctx.log().render();
+    if (!cfg.record_corpus_dir.empty() && !ctx.corpus().empty()) {
+      if (auto w = ctx.corpus().write(cfg.record_corpus_dir, c.id); !w) ctx.note(w.message());
+    }
     r.negotiated = ctx.negotiated();
     for (const auto& n : ctx.notes()) detail += (detail.empty() ? "" : "\n") + n;
     if (c.spec_dependent)

@@ -4,8 +4,20 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <span>
+
+// An invariant of a target: when it fails, say which before the engine
+// reports the abort, so a crash file comes with its reason.
+#define VHU_FUZZ_CHECK(cond)                                                                \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
+      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);    \
+      std::abort();                                                                         \
+    }                                                                                       \
+  } while (0)
 
 namespace vhu::fuzz {
 

@@ -1,7 +1,10 @@
 // Writes seed inputs for the fuzz targets that need structure a mutator
 // would take long to find: valid split rings laid out with libvhu's driver
-// side, with plain, multi-segment, cross-region and indirect chains.
+// side (plain, multi-segment, cross-region and indirect chains, and vsock
+// packets in them); complete vhost-user sessions that start the device and
+// move packets; vsock conversations; valid device-state blobs.
 //   vhu-seedgen CORPUS_DIR
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -9,7 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "device_state.h"
+#include "vhu/fuzz_framing.h"
+#include "vhu/features.h"
+#include "vhu/messages.h"
 #include "vhu/virtqueue_driver.h"
+#include "vhu/vsock.h"
 #include "vring_layout.h"
 
 namespace fs = std::filesystem;
@@ -45,6 +53,402 @@ std::vector<uint8_t> vring_seed(uint8_t log2, uint8_t flags, Build build) {
 
 constexpr uint64_t kData = kRegion0Gpa + 0x4000;
 
+namespace vs = vhu::vsock;
+namespace fr = vhu::fuzz::framing;
+using vhu::FrontendReq;
+
+vs::Hdr packet(vs::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len = 0, uint16_t type = vs::kTypeStream) {
+  vs::Hdr h;
+  h.src_cid = 3;
+  h.dst_cid = vs::kHostCid;
+  h.src_port = src_port;
+  h.dst_port = dst_port;
+  h.len = len;
+  h.type = type;
+  h.op = static_cast<uint16_t>(op);
+  h.buf_alloc = 64 * 1024;
+  return h;
+}
+
+// ---- vring: a ring of vsock packets, some earning an RST ----
+
+// Each chain: the packet readable (header, then payload), then a writable
+// buffer the reply can go to when the ring is walked as rx.
+std::vector<uint8_t> vring_vsock_packets(const std::vector<vs::Hdr>& pkts) {
+  std::vector<uint8_t> mem(kMemoryBytes, 0);
+  vhu::DriverQueue q;
+  const uint8_t log2 = 4;
+  if (!q.init(mem.data(), kRegion0Gpa, 1u << log2, false).ok()) std::abort();
+  uint64_t at = kData;
+  for (const vs::Hdr& h : pkts) {
+    const auto hb = vs::encode(h);
+    std::memcpy(mem.data() + (at - kRegion0Gpa), hb.data(), hb.size());
+    vhu::DriverBuffer b[] = {{at, static_cast<uint32_t>(vs::kHdrSize + h.len), false}, {at + 256, 256, true}};
+    (void)q.add(b);
+    at += 512;
+  }
+  q.publish();
+  // Flags: SEQPACKET and STREAM negotiated.
+  Header hd{log2, static_cast<uint8_t>(3u << kVsockFeatureShift), 0, 0,
+            static_cast<uint16_t>(q.avail_gpa() - kRegion0Gpa), static_cast<uint16_t>(q.used_gpa() - kRegion0Gpa)};
+  std::vector<uint8_t> out(sizeof hd);
+  std::memcpy(out.data(), &hd, sizeof hd);
+  size_t end = mem.size();
+  while (end > 0 && mem[end - 1] == 0) --end;
+  out.insert(out.end(), mem.begin(), mem.begin() + static_cast<long>(end));
+  return out;
+}
+
+// ---- vhost_user_messages: whole sessions ----
+
+class Session {
+ public:
+  std::vector<uint8_t> out;
+
+  void req(FrontendReq r, bool need_reply = false) { rec(r, {}, need_reply); }
+  template <class T>
+  void req(FrontendReq r, const T& body, bool need_reply = false, uint8_t aux = 0) {
+    rec(r, {reinterpret_cast<const uint8_t*>(&body), sizeof body}, need_reply, aux);
+  }
+  void rec(FrontendReq r, std::span<const uint8_t> payload, bool need_reply = false, uint8_t aux = 0) {
+    fr::append(out, {static_cast<uint32_t>(r), vhu::kVersion | (need_reply ? vhu::kFlagNeedReply : 0u), 0, 0, aux},
+               payload);
+  }
+  template <class T>
+  void action(uint32_t a, const T& body, uint32_t flags = 0) {
+    fr::append_pod(out, {a, flags, 0, 0, 0}, body);
+  }
+  void action_bytes(uint32_t a, std::span<const uint8_t> bytes, uint32_t flags = 0) {
+    fr::append(out, {a, flags, 0, 0, 0}, bytes);
+  }
+  // Guest memory bytes, written into region 0 at `offset`.
+  void poke(uint64_t offset, std::span<const uint8_t> bytes) {
+    std::vector<uint8_t> p(8);
+    std::memcpy(p.data(), &offset, 8);
+    p.insert(p.end(), bytes.begin(), bytes.end());
+    action_bytes(fr::kActionPoke, p);
+  }
+};
+
+// Guest RAM of the session seeds: one region, guest-physical 0, 1 MiB, at a
+// made-up front-end address, as QEMU's memory-backend-memfd is.
+constexpr uint64_t kRamBytes = 1 << 20;
+constexpr uint64_t kUva = 0x7f1200000000;
+constexpr uint32_t kRing = 64;
+
+struct GuestRings {
+  std::vector<uint8_t> ram = std::vector<uint8_t>(kRamBytes);
+  vhu::DriverQueue q[3];
+  uint64_t base[3] = {0x10000, 0x20000, 0x30000};
+  GuestRings() {
+    for (int i = 0; i < 3; ++i)
+      if (!q[i].init(ram.data() + base[i], base[i], kRing, false).ok()) std::abort();
+  }
+};
+
+void realize(Session& s, uint64_t pf) {
+  s.req(FrontendReq::GET_FEATURES);
+  s.req(FrontendReq::GET_PROTOCOL_FEATURES);
+  s.req(FrontendReq::SET_PROTOCOL_FEATURES, pf);
+  s.req(FrontendReq::SET_OWNER);
+  s.req(FrontendReq::GET_FEATURES);
+  for (uint64_t q = 0; q < 2; ++q) {
+    s.req(FrontendReq::SET_VRING_CALL, q);
+    s.req(FrontendReq::SET_VRING_ERR, q);
+  }
+  std::vector<uint8_t> cfg(sizeof(vhu::ConfigHeader) + 8);
+  const vhu::ConfigHeader ch{0, 8, 0};
+  std::memcpy(cfg.data(), &ch, sizeof ch);
+  s.rec(FrontendReq::GET_CONFIG, cfg);
+}
+
+// QEMU 7.2's start sequence, with the rings of `g` written into guest RAM.
+void start(Session& s, GuestRings& g, bool event_ring, bool add_mem_reg) {
+  namespace f = vhu::feature;
+  s.req(FrontendReq::SET_FEATURES, vhu::bit(f::VSOCK_F_STREAM) | vhu::bit(f::VSOCK_F_SEQPACKET) |
+                                       vhu::bit(f::VHOST_USER_F_PROTOCOL_FEATURES) | vhu::bit(f::VERSION_1));
+  s.req(FrontendReq::GET_STATUS);
+  s.req(FrontendReq::SET_STATUS, uint64_t{8});
+  if (add_mem_reg) {
+    s.req(FrontendReq::ADD_MEM_REG, vhu::MemRegionMsg{0, {0, kRamBytes, kUva, 0}}, true);
+  } else {
+    std::vector<uint8_t> t(8 + sizeof(vhu::MemoryRegion));
+    const uint32_t n = 1;
+    const vhu::MemoryRegion r{0, kRamBytes, kUva, 0};
+    std::memcpy(t.data(), &n, 4);
+    std::memcpy(t.data() + 8, &r, sizeof r);
+    s.rec(FrontendReq::SET_MEM_TABLE, t, true);
+  }
+  // The guest's side of RAM: everything up to the last non-zero byte.
+  size_t end = g.ram.size();
+  while (end > 0 && g.ram[end - 1] == 0) --end;
+  for (size_t off = 0; off < end; off += 256) {
+    const std::span<const uint8_t> chunk(g.ram.data() + off, std::min<size_t>(256, end - off));
+    if (std::any_of(chunk.begin(), chunk.end(), [](uint8_t b) { return b != 0; })) s.poke(off, chunk);
+  }
+  const unsigned rings = event_ring ? 3 : 2;
+  for (unsigned i = 0; i < rings; ++i) {
+    s.req(FrontendReq::SET_VRING_NUM, vhu::VringState{i, kRing});
+    s.req(FrontendReq::SET_VRING_BASE, vhu::VringState{i, 0});
+    s.req(FrontendReq::SET_VRING_ADDR, vhu::VringAddr{i, 0, kUva + g.q[i].desc_gpa(), kUva + g.q[i].used_gpa(),
+                                                      kUva + g.q[i].avail_gpa(), g.q[i].used_gpa()});
+    s.req(FrontendReq::SET_VRING_KICK, uint64_t{i}, false, fr::kAuxSignal);
+  }
+  for (unsigned i = 0; i < rings; ++i) s.req(FrontendReq::SET_VRING_ENABLE, vhu::VringState{i, 1}, true);
+  for (uint32_t i = 0; i < rings; ++i) s.action(fr::kActionKick, i);
+}
+
+void stop(Session& s, bool event_ring) {
+  const unsigned rings = event_ring ? 3 : 2;
+  for (unsigned i = 0; i < rings; ++i) s.req(FrontendReq::SET_VRING_ENABLE, vhu::VringState{i, 0});
+  for (unsigned i = 0; i < rings; ++i) s.req(FrontendReq::GET_VRING_BASE, vhu::VringState{i, 0});
+}
+
+// A guest with rx buffers posted and packets queued on tx.
+void fill_rings(GuestRings& g, const std::vector<std::pair<vs::Hdr, std::vector<uint8_t>>>& pkts, int events) {
+  uint64_t at = 0x40000;
+  for (int i = 0; i < 16; ++i, at += 4096) {
+    vhu::DriverBuffer b{at, 4096, true};
+    (void)g.q[vs::kRxQueue].add({&b, 1});
+  }
+  g.q[vs::kRxQueue].publish();
+  for (const auto& [h, payload] : pkts) {
+    const auto hb = vs::encode(h);
+    std::memcpy(g.ram.data() + at, hb.data(), hb.size());
+    if (!payload.empty()) std::memcpy(g.ram.data() + at + hb.size(), payload.data(), payload.size());
+    vhu::DriverBuffer b{at, static_cast<uint32_t>(hb.size() + payload.size()), false};
+    (void)g.q[vs::kTxQueue].add({&b, 1});
+    at += 4096;
+  }
+  g.q[vs::kTxQueue].publish();
+  for (int i = 0; i < events; ++i, at += 64) {
+    vhu::DriverBuffer b{at, 8, true};
+    (void)g.q[vs::kEventQueue].add({&b, 1});
+  }
+  g.q[vs::kEventQueue].publish();
+}
+
+constexpr uint64_t kAllPf = vhu::bit(vhu::protocol_feature::MQ) | vhu::bit(vhu::protocol_feature::REPLY_ACK) |
+                            vhu::bit(vhu::protocol_feature::CONFIG) | vhu::bit(vhu::protocol_feature::RESET_DEVICE) |
+                            vhu::bit(vhu::protocol_feature::CONFIGURE_MEM_SLOTS) |
+                            vhu::bit(vhu::protocol_feature::STATUS) | vhu::bit(vhu::protocol_feature::DEVICE_STATE);
+
+void message_seeds(const fs::path& dir) {
+  const std::vector<uint8_t> hello = {'h', 'e', 'l', 'l', 'o'};
+  {  // realize, start, packets both ways, stop
+    Session s;
+    GuestRings g;
+    fill_rings(g, {{packet(vs::Op::REQUEST, 5000, 1234), {}}, {packet(vs::Op::RW, 5000, 1234, 5), hello},
+                   {packet(vs::Op::RST, 5001, 1234), {}}},
+               0);
+    realize(s, kAllPf);
+    start(s, g, false, false);
+    stop(s, false);
+    write_file(dir / "seed-start-datapath-stop", s.out);
+  }
+  {  // ADD_MEM_REG instead of SET_MEM_TABLE, event ring handed over, reset
+    Session s;
+    GuestRings g;
+    fill_rings(g, {{packet(vs::Op::REQUEST, 5000, 1234, 0, vs::kTypeSeqpacket), {}}}, 4);
+    realize(s, kAllPf);
+    s.req(FrontendReq::GET_QUEUE_NUM);
+    s.req(FrontendReq::GET_MAX_MEM_SLOTS);
+    start(s, g, true, true);
+    s.req(FrontendReq::RESET_DEVICE, true);
+    s.req(FrontendReq::REM_MEM_REG, vhu::MemRegionMsg{0, {0, kRamBytes, kUva, 0}}, true);
+    write_file(dir / "seed-add-mem-reg-reset", s.out);
+  }
+  {  // save, then load into the same session, then restart: TRANSPORT_RESET on the event ring
+    Session s;
+    GuestRings g;
+    fill_rings(g, {}, 4);
+    realize(s, kAllPf);
+    start(s, g, true, false);
+    stop(s, true);
+    s.req(FrontendReq::SET_DEVICE_STATE_FD, vhu::DeviceStateParams{vhu::kTransferSave, vhu::kPhaseStopped});
+    s.req(FrontendReq::CHECK_DEVICE_STATE);
+    s.req(FrontendReq::SET_DEVICE_STATE_FD, vhu::DeviceStateParams{vhu::kTransferLoad, vhu::kPhaseStopped});
+    vsockref::DeviceState st;
+    st.guest_cid = 3;
+    st.features = vhu::bit(vhu::feature::VERSION_1) | vhu::bit(vhu::feature::VSOCK_F_STREAM);
+    st.protocol_features = kAllPf;
+    st.config = {3};
+    s.action_bytes(fr::kActionStatePipe, vsockref::serialize_device_state(st), 1);
+    s.req(FrontendReq::CHECK_DEVICE_STATE);
+    GuestRings g2;
+    fill_rings(g2, {}, 4);
+    start(s, g2, true, false);
+    std::vector<uint8_t> cfg(sizeof(vhu::ConfigHeader) + 8);
+    const vhu::ConfigHeader ch{0, 8, 0};
+    std::memcpy(cfg.data(), &ch, sizeof ch);
+    s.rec(FrontendReq::GET_CONFIG, cfg);
+    write_file(dir / "seed-save-load-restart", s.out);
+  }
+  {  // every request id once, need_reply set, with a payload of its size
+    Session s;
+    s.req(FrontendReq::SET_PROTOCOL_FEATURES, kAllPf);
+    for (const vhu::RequestInfo& r : vhu::all_requests(vhu::Plane::Frontend)) {
+      auto n = vhu::fixed_payload_size(r.request);
+      std::vector<uint8_t> payload(n ? *n : 20);
+      fr::append(s.out, {r.id, vhu::kVersion | vhu::kFlagNeedReply, 0, 0, 0}, payload);
+    }
+    write_file(dir / "seed-every-request", s.out);
+  }
+  {  // a session the front-end drops half-way, then a new one
+    Session s;
+    realize(s, kAllPf);
+    s.action(fr::kActionDisconnect, uint32_t{0});
+    realize(s, 0);
+    write_file(dir / "seed-reconnect", s.out);
+  }
+}
+
+// ---- vsock_packets ----
+
+class Conversation {
+ public:
+  std::vector<uint8_t> out;
+  void tx(const vs::Hdr& h, std::span<const uint8_t> payload = {}, bool split = false) {
+    out.push_back(static_cast<uint8_t>(0 | (split ? 0x40 : 0)));
+    const auto hb = vs::encode(h);
+    out.insert(out.end(), hb.begin(), hb.end());
+    put16(static_cast<uint16_t>(payload.size()));
+    out.insert(out.end(), payload.begin(), payload.end());
+  }
+  void rx_post(uint8_t count, uint16_t size) {
+    out.push_back(1);
+    out.push_back(static_cast<uint8_t>(count - 1));
+    put16(size);
+  }
+  void host_connect(uint32_t guest_port) {
+    out.push_back(2);
+    put32(guest_port);
+  }
+  void host_write(uint8_t peer, std::span<const uint8_t> bytes) {
+    out.push_back(3);
+    out.push_back(peer);
+    put16(static_cast<uint16_t>(bytes.size()));
+    out.insert(out.end(), bytes.begin(), bytes.end());
+  }
+  void host_read(uint8_t peer, uint16_t n) {
+    out.push_back(4);
+    out.push_back(peer);
+    put16(n);
+  }
+  void host_shut(uint8_t peer, uint8_t how) {
+    out.push_back(5);
+    out.push_back(peer);
+    out.push_back(how);
+  }
+  void simple(uint8_t op) { out.push_back(op); }
+  void event_post(uint8_t n) {
+    out.push_back(11);
+    out.push_back(static_cast<uint8_t>(n - 1));
+  }
+
+ private:
+  void put16(uint16_t v) { out.insert(out.end(), {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8)}); }
+  void put32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+};
+
+vs::Hdr credit(vs::Hdr h, uint32_t buf_alloc, uint32_t fwd_cnt) {
+  h.buf_alloc = buf_alloc;
+  h.fwd_cnt = fwd_cnt;
+  return h;
+}
+
+void vsock_seeds(const fs::path& dir) {
+  const std::vector<uint8_t> data(1000, 'x');
+  {  // guest connects to a host listener, sends, host replies, credit, shutdown
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.tx(packet(vs::Op::REQUEST, 5000, 1024));
+    c.tx(packet(vs::Op::RW, 5000, 1024, 1000), data);
+    c.host_write(0, data);
+    c.host_read(0, 2000);
+    c.tx(credit(packet(vs::Op::CREDIT_UPDATE, 5000, 1024), 64 * 1024, 1000));
+    c.tx(packet(vs::Op::CREDIT_REQUEST, 5000, 1024));
+    c.tx(packet(vs::Op::SHUTDOWN, 5000, 1024), {}, false);
+    c.rx_post(4, 4096);
+    c.host_shut(0, 2);
+    c.rx_post(4, 4096);
+    write_file(dir / "seed-guest-connect", c.out);
+  }
+  {  // host connects in, guest accepts with little credit, host writes more than that
+    Conversation c;
+    c.rx_post(16, 2048);
+    c.host_connect(5000);
+    c.tx(credit(packet(vs::Op::RESPONSE, 5000, 1u << 30), 1500, 0));
+    c.host_write(0, data);
+    c.host_write(0, data);
+    c.rx_post(4, 2048);
+    c.tx(credit(packet(vs::Op::CREDIT_UPDATE, 5000, 1u << 30), 1500, 1000));
+    c.rx_post(4, 2048);
+    c.tx(credit(packet(vs::Op::RST, 5000, 1u << 30), 1500, 1000));
+    write_file(dir / "seed-host-connect-credit", c.out);
+  }
+  {  // seqpacket messages both ways, split descriptors, overrunning credit
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.tx(packet(vs::Op::REQUEST, 6000, 1025, 0, vs::kTypeSeqpacket));
+    vs::Hdr rw = packet(vs::Op::RW, 6000, 1025, 1000, vs::kTypeSeqpacket);
+    rw.flags = vs::kSeqEom;
+    c.tx(rw, data, true);
+    c.host_write(0, data);
+    c.host_read(0, 4096);
+    for (int i = 0; i < 5; ++i) c.tx(rw, data);
+    c.rx_post(8, 64);
+    write_file(dir / "seed-seqpacket", c.out);
+  }
+  {  // a load: TRANSPORT_RESET on the event ring, host connects held until the config read
+    Conversation c;
+    c.simple(7);
+    c.host_connect(5000);
+    c.event_post(2);
+    c.rx_post(4, 4096);
+    c.simple(8);
+    c.tx(credit(packet(vs::Op::RESPONSE, 5000, 1u << 30), 4096, 0));
+    c.simple(9);
+    write_file(dir / "seed-load-reset", c.out);
+  }
+  {  // unknown type, spoofed CID, no route, a guest that lies about len
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.tx(packet(vs::Op::REQUEST, 7000, 1024, 0, 9));
+    vs::Hdr spoof = packet(vs::Op::REQUEST, 7000, 1024);
+    spoof.src_cid = 4;
+    c.tx(spoof);
+    vs::Hdr away = packet(vs::Op::REQUEST, 7000, 1024);
+    away.dst_cid = 77;
+    c.tx(away);
+    c.tx(packet(vs::Op::RW, 7000, 1024, 4000), data);
+    c.tx(packet(vs::Op::REQUEST, 7000, 99));
+    write_file(dir / "seed-refusals", c.out);
+  }
+}
+
+// ---- device_state_load ----
+
+void device_state_seeds(const fs::path& dir) {
+  vsockref::DeviceState s;
+  s.guest_cid = 3;
+  s.features = vhu::bit(vhu::feature::VERSION_1);
+  s.protocol_features = kAllPf;
+  s.config = {3};
+  auto blob = vsockref::serialize_device_state(s);
+  std::vector<uint8_t> as_is = {0};
+  as_is.insert(as_is.end(), blob.begin(), blob.end());
+  write_file(dir / "seed-valid", as_is);
+  s.transport_reset_pending = true;
+  s.guest_cid = 0xfffffffe;
+  blob = vsockref::serialize_device_state(s);
+  std::vector<uint8_t> fixed = {1};
+  fixed.insert(fixed.end(), blob.begin(), blob.end());
+  write_file(dir / "seed-crc-fixed", fixed);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -77,6 +481,12 @@ int main(int argc, char** argv) {
                  (void)q.add({&b, 1});
                }
              }));
-  std::printf("seeds written to %s\n", dir.c_str());
+  const std::vector<vs::Hdr> pkts = {packet(vs::Op::REQUEST, 5000, 1234), packet(vs::Op::RW, 5000, 1234, 16),
+                                     packet(vs::Op::RST, 5000, 1234)};
+  write_file(dir / "seed-vsock-tx", vring_vsock_packets(pkts));
+  message_seeds(fs::path(argv[1]) / "vhost_user_messages");
+  vsock_seeds(fs::path(argv[1]) / "vsock_packets");
+  device_state_seeds(fs::path(argv[1]) / "device_state_load");
+  std::printf("seeds written to %s\n", argv[1]);
   return 0;
 }

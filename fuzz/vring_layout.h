@@ -27,5 +27,8 @@ struct Header {
 static_assert(sizeof(Header) == 10);
 inline constexpr uint8_t kFlagIndirect = 1;
 inline constexpr uint8_t kFlagEventIdx = 2;
+// Bits 4-6 of flags are the vsock features the device runs with (feature
+// bits 0-2: STREAM, SEQPACKET, NO_IMPLIED_STREAM); 0 means STREAM implied.
+inline constexpr unsigned kVsockFeatureShift = 4;
 
 }  // namespace vhu::fuzz::vring_layout

@@ -3,6 +3,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -23,8 +24,9 @@ Backend::~Backend() { disconnect(); }
 
 uint64_t Backend::offered_features() {
   namespace f = vhu::feature;
-  return VsockDevice::device_features() | bit(f::RING_INDIRECT_DESC) | bit(f::RING_EVENT_IDX) |
-         bit(f::VHOST_USER_F_PROTOCOL_FEATURES) | bit(f::VERSION_1);
+  const uint64_t pf = VSOCKREF_FAULT(drop_protocol_features_bit) ? 0 : bit(f::VHOST_USER_F_PROTOCOL_FEATURES);
+  return VsockDevice::device_features() | bit(f::RING_INDIRECT_DESC) | bit(f::RING_EVENT_IDX) | pf |
+         bit(f::VERSION_1);
 }
 
 uint64_t Backend::offered_protocol_features() {
@@ -95,6 +97,9 @@ Disposition Backend::handle(vhu::Message msg) {
   }
   const std::string name = vhu::request_name(vhu::Plane::Frontend, msg.hdr.request);
   VLOG(Debug, "{}: <- {}", opts_.vsock.name, vhu::describe(vhu::Plane::Frontend, msg));
+  if (VSOCKREF_FAULT(ignore_frontend_while_suspended) && suspended() &&
+      std::any_of(rings_.begin(), rings_.end(), [](const Vring& r) { return r.stopped_at.has_value(); }))
+    return Disposition::Continue;
 
   if (auto v = vhu::check_header_version(msg); !v) {
     VLOG(Error, "{}: closing the connection: {} (field flags)", opts_.vsock.name, v.message());
@@ -113,6 +118,11 @@ Disposition Backend::handle(vhu::Message msg) {
       for (size_t i = allowed; i < msg.fds.size(); ++i) (void)msg.fds[i].release();
     msg.fds.resize(allowed);
   }
+  if (VSOCKREF_FAULT(accept_missing_fd) && msg.fds.empty() && msg.payload.size() == 8 &&
+      (msg.hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_VRING_CALL) ||
+       msg.hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_VRING_KICK) ||
+       msg.hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_VRING_ERR)))
+    msg.payload[1] |= 1;  // bit 8, the invalid-FD flag
 
   Ctx ctx{msg, name, false, false, {}};
   const HandlerFn fn = lookup(msg.hdr.request, ctx);
@@ -122,9 +132,10 @@ Disposition Backend::handle(vhu::Message msg) {
     // a request whose own reply is a u64 (a refusal fits in one).
     const bool own_u64 = info && info->reply == vhu::PayloadKind::U64;
     VLOG(Warn, "{}: {} refused: {}", opts_.vsock.name, name, ctx.refusal);
-    if (msg.need_reply() || own_u64) {
+    if (msg.need_reply() || own_u64 || VSOCKREF_FAULT(reply_to_unhandled_request)) {
       const bool state_fd = msg.hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_DEVICE_STATE_FD);
-      reply_u64(msg, state_fd ? (1 | vhu::kDeviceStateInvalidFd) : 1);
+      const uint64_t failed = VSOCKREF_FAULT(ack_unhandled_request_zero) ? 0 : 1;
+      reply_u64(msg, state_fd ? (failed | vhu::kDeviceStateInvalidFd) : failed);
     }
     return Disposition::Continue;
   }
@@ -136,7 +147,11 @@ Disposition Backend::handle(vhu::Message msg) {
   }
   if (*r != 0) VLOG(Warn, "{}: {} failed ({})", opts_.vsock.name, name, *r);
   if (ctx.deferred) return Disposition::Wait;
-  if (!ctx.replied && msg.need_reply() && !VSOCKREF_FAULT(ignore_need_reply)) reply_u64(msg, *r);
+  bool ack = (!ctx.replied || VSOCKREF_FAULT(ack_after_own_reply)) && msg.need_reply();
+  if (VSOCKREF_FAULT(ignore_need_reply) || (VSOCKREF_FAULT(ack_only_after_set_features) && !features_set_) ||
+      (VSOCKREF_FAULT(ack_only_after_get_protocol_features) && !protocol_features_asked_))
+    ack = false;
+  if (ack) reply_u64(msg, *r);
   run_device();
   return Disposition::Continue;
 }
@@ -148,15 +163,22 @@ bool Backend::ring_usable(unsigned q) const {
   const Vring& r = rings_[q];
   // Without VHOST_USER_F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE, so
   // a ring counts as enabled (INTEROP bug 2).
-  const bool negotiated = protocol_features_set_ || has_bit(features_, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES);
-  const bool enabled = r.enabled || !negotiated;
+  const bool negotiated = protocol_features_set_ || has_bit(features_, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES) ||
+                          VSOCKREF_FAULT(need_enable_without_protocol_features);
+  const bool enabled =
+      r.enabled || !negotiated || (VSOCKREF_FAULT(rx_on_disabled_ring) && q == vhu::vsock::kRxQueue);
   bool started = r.started;
   if (VSOCKREF_FAULT(process_while_stopped) && q == vhu::vsock::kRxQueue) started = true;
   if (VSOCKREF_FAULT(lose_kick_before_enable) && r.kick_lost) return false;
   return started && enabled && r.queue.ready() && !r.broken;
 }
 
-bool Backend::ring_started(unsigned q) const { return q < kNumQueues && rings_[q].started; }
+// "Handed over" (ring_io.h): under the upstream text a ring starts on its
+// first kick, which the loop may read only after later messages (the reader
+// drains the socket first); the kick fd is what says the front-end gave it.
+bool Backend::ring_started(unsigned q) const {
+  return q < kNumQueues && (rings_[q].started || rings_[q].kick.valid() || rings_[q].poll);
+}
 
 std::optional<vhu::Chain> Backend::pop(unsigned q) {
   Vring& r = rings_[q];
@@ -208,7 +230,10 @@ void Backend::run_device() {
   for (Vring& r : rings_) {
     if (!r.notify_due) continue;
     r.notify_due = false;
-    if (r.queue.should_notify()) signal(r.call);
+    if (r.queue.should_notify()) {
+      signal(r.call);
+      if (VSOCKREF_FAULT(keep_replaced_call_fd)) signal(r.replaced_call);
+    }
   }
   in_device_ = false;
 }
@@ -302,8 +327,10 @@ void Backend::stop_ring(unsigned q) {
   }
   r.started = false;
   r.poll = false;
-  if (r.kick) loop_.remove(r.kick.get());
-  r.kick.reset();
+  if (!VSOCKREF_FAULT(kick_restarts_stopped_ring)) {
+    if (r.kick) loop_.remove(r.kick.get());
+    r.kick.reset();
+  }
   device_.rings_changed();
 }
 
@@ -328,12 +355,13 @@ void Backend::device_reset(const char* why) {
 void Backend::disconnect() {
   device_.reset();
   reset_rings();
-  mem_.clear();
+  if (!VSOCKREF_FAULT(keep_memory_on_disconnect)) mem_.clear();
   features_ = 0;
   features_set_ = false;
   device_.set_features(0);
   protocol_features_ = 0;
   protocol_features_set_ = false;
+  protocol_features_asked_ = false;
   owner_set_ = false;
   status_ = 0;
   cancel_transfer();

@@ -158,6 +158,8 @@ class Backend final : private RingIo {
   bool features_set_ = false;
   uint64_t protocol_features_ = 0;
   bool protocol_features_set_ = false;
+  // GET_PROTOCOL_FEATURES came on this connection; only a fault looks at it.
+  bool protocol_features_asked_ = false;
   bool owner_set_ = false;
   uint8_t status_ = 0;
   bool in_device_ = false;  // re-entrancy guard for run_device()

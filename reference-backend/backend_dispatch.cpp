@@ -1,10 +1,13 @@
 // The request table and one handler per supported front-end request.
 #include <fmt/format.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <bit>
 #include <cstring>
+#include <limits>
 
 #include "backend.h"
 #include "faults.h"
@@ -89,7 +92,8 @@ Backend::HandlerFn Backend::lookup(uint32_t id, Ctx& ctx) const {
       }
       break;
     case Gate::Pf:
-      if (!has_bit(protocol_features_, e->pf_bit)) {
+      if (!has_bit(protocol_features_, e->pf_bit) &&
+          !(VSOCKREF_FAULT(device_state_lax_params) && e->pf_bit == pf::DEVICE_STATE)) {
         ctx.refusal = fmt::format("protocol feature {} was not negotiated", vhu::protocol_feature_name(e->pf_bit));
         return nullptr;
       }
@@ -99,6 +103,7 @@ Backend::HandlerFn Backend::lookup(uint32_t id, Ctx& ctx) const {
 }
 
 vhu::Result<unsigned> Backend::ring_index(const Ctx& c, uint64_t index) const {
+  if (index >= kNumQueues && VSOCKREF_FAULT(wrap_ring_index)) return static_cast<unsigned>(index % kNumQueues);
   if (index >= kNumQueues)
     return vhu::Err(fmt::format("{}: field index = {} names no vsock ring (0 rx, 1 tx, 2 event)", c.name, index));
   return static_cast<unsigned>(index);
@@ -122,7 +127,8 @@ vhu::Result<uint64_t> Backend::set_features(Ctx& c) {
   // "upon receiving a VHOST_USER_SET_FEATURES message from the front-end
   // without VHOST_USER_F_PROTOCOL_FEATURES set, the back-end must enable all
   // rings immediately."
-  if (!has_bit(*v, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES))
+  if (!has_bit(*v, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES) &&
+      !VSOCKREF_FAULT(need_enable_without_protocol_features))
     for (Vring& r : rings_) r.enabled = true;
   rebind_all();  // INDIRECT_DESC and EVENT_IDX change how rings are walked
   device_.rings_changed();
@@ -135,6 +141,7 @@ vhu::Result<uint64_t> Backend::set_features(Ctx& c) {
 }
 
 vhu::Result<uint64_t> Backend::get_protocol_features(Ctx& c) {
+  protocol_features_asked_ = true;
   reply_u64(c.msg, offered_protocol_features());
   c.replied = true;
   return 0;
@@ -155,6 +162,7 @@ vhu::Result<uint64_t> Backend::set_protocol_features(Ctx& c) {
 }
 
 vhu::Result<uint64_t> Backend::set_owner(Ctx&) {
+  if (VSOCKREF_FAULT(refuse_set_owner)) return 1;
   owner_set_ = true;
   return 0;
 }
@@ -170,29 +178,76 @@ vhu::Result<uint64_t> Backend::reset_device(Ctx&) {
   // "disable all rings and reset all internal device state to the initial
   // state"; the memory table belongs to the session and stays (QEMU 10 does
   // not re-send it after a reset).
+  const uint8_t status = status_;
   device_reset("RESET_DEVICE");
+  if (VSOCKREF_FAULT(keep_status_on_reset)) status_ = status;
   return 0;
 }
 
 // ---- memory ----
 
+namespace {
+
+// Faults that skip one SET_MEM_TABLE check. The region that check would have
+// refused is acked but left out of the table, so that the faulty binary
+// itself never maps or touches it.
+bool skips_check(const vhu::MemoryRegion& r, int fd, const std::vector<vhu::MemoryRegion>& kept) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  if (VSOCKREF_FAULT(accept_zero_size_region) && r.memory_size == 0) return true;
+  if (VSOCKREF_FAULT(accept_wrapping_region) && r.memory_size != 0 &&
+      (r.memory_size - 1 > kMax - r.guest_phys_addr || r.memory_size - 1 > kMax - r.userspace_addr))
+    return true;
+  if (VSOCKREF_FAULT(accept_region_beyond_file)) {
+    struct stat st {};
+    const uint64_t size = ::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    if (r.mmap_offset > size || r.memory_size > size - r.mmap_offset) return true;
+  }
+  // Ranges that wrap are another check's business.
+  if (VSOCKREF_FAULT(accept_overlapping_regions) && r.memory_size != 0 &&
+      r.memory_size - 1 <= kMax - r.guest_phys_addr)
+    for (const vhu::MemoryRegion& k : kept)
+      if (r.guest_phys_addr - k.guest_phys_addr < k.memory_size ||
+          k.guest_phys_addr - r.guest_phys_addr < r.memory_size)
+        return true;
+  return false;
+}
+
+void drop_unchecked_regions(std::vector<vhu::MemoryRegion>& regions, std::vector<vhu::UniqueFd>& fds) {
+  std::vector<vhu::MemoryRegion> kept_regions;
+  std::vector<vhu::UniqueFd> kept_fds;
+  for (size_t i = 0; i < regions.size(); ++i) {
+    if (skips_check(regions[i], fds[i].get(), kept_regions)) continue;
+    kept_regions.push_back(regions[i]);
+    kept_fds.push_back(std::move(fds[i]));
+  }
+  regions.swap(kept_regions);
+  fds.swap(kept_fds);
+}
+
+}  // namespace
+
 vhu::Result<uint64_t> Backend::set_mem_table(Ctx& c) {
   auto t = vhu::payload_memory_table(c.msg);
   if (!t) return t.error();
+  if (VSOCKREF_FAULT(accept_fd_count_mismatch) && c.msg.fds.size() < t->size()) t->resize(c.msg.fds.size());
   if (c.msg.fds.size() != t->size())
     return vhu::Err(fmt::format("SET_MEM_TABLE: field nregions = {} but {} fd(s) attached", t->size(),
                                 c.msg.fds.size()));
+  if (VSOCKREF_FAULT(keep_first_mem_table) && mem_.num_regions() > 0) return 0;
+  drop_unchecked_regions(*t, c.msg.fds);
+  if (VSOCKREF_FAULT(ignore_mmap_offset))
+    for (vhu::MemoryRegion& m : *t) m.mmap_offset = 0;
   auto r = mem_.set_table(*t, std::move(c.msg.fds));
   if (!r) {
     VLOG(Warn, "{}: SET_MEM_TABLE refused: {}", opts_.vsock.name, r.message());
     return 1;
   }
-  rebind_all();
+  if (!VSOCKREF_FAULT(keep_rings_on_new_mem_table)) rebind_all();
   return 0;
 }
 
 vhu::Result<uint64_t> Backend::get_max_mem_slots(Ctx& c) {
-  reply_u64(c.msg, mem_.max_regions());
+  reply_u64(c.msg, mem_.max_regions() - (VSOCKREF_FAULT(understate_max_mem_slots) ? 1 : 0));
   c.replied = true;
   return 0;
 }
@@ -213,6 +268,7 @@ vhu::Result<uint64_t> Backend::add_mem_reg(Ctx& c) {
 vhu::Result<uint64_t> Backend::rem_mem_reg(Ctx& c) {
   auto m = vhu::payload_mem_region(c.msg);
   if (!m) return m.error();
+  if (VSOCKREF_FAULT(keep_rem_mem_reg_fd) && !c.msg.fds.empty()) (void)c.msg.fds[0].release();
   auto r = mem_.remove_region(m->region);
   if (!r) {
     VLOG(Warn, "{}: REM_MEM_REG refused: {}", opts_.vsock.name, r.message());
@@ -229,7 +285,11 @@ vhu::Result<uint64_t> Backend::set_vring_num(Ctx& c) {
   if (!s) return s.error();
   auto q = ring_index(c, s->index);
   if (!q) return q.error();
-  if (!vhu::vring::valid_queue_size(s->num) || s->num > opts_.max_queue_size) {
+  bool size_ok = vhu::vring::valid_queue_size(s->num) && s->num <= opts_.max_queue_size;
+  // Each fault keeps one half of the check.
+  if (VSOCKREF_FAULT(accept_num_not_power_of_two) && s->num != 0 && s->num <= opts_.max_queue_size) size_ok = true;
+  if (VSOCKREF_FAULT(accept_num_too_large) && std::has_single_bit(s->num)) size_ok = true;
+  if (!size_ok) {
     VLOG(Warn, "{}: SET_VRING_NUM: field num = {} is not a power of two up to {}", opts_.vsock.name, s->num,
          opts_.max_queue_size);
     return 1;
@@ -254,7 +314,7 @@ vhu::Result<uint64_t> Backend::set_vring_addr(Ctx& c) {
   rings_[*q].addr = *a;
   if (auto b = bind_ring(*q); !b) {
     VLOG(Warn, "{}: SET_VRING_ADDR ring {}: {}", opts_.vsock.name, *q, b.message());
-    return 1;
+    return VSOCKREF_FAULT(accept_vring_addr_outside_memory) ? 0 : 1;
   }
   return 0;
 }
@@ -278,6 +338,7 @@ vhu::Result<uint64_t> Backend::get_vring_base(Ctx& c) {
   if (!s) return s.error();
   auto q = ring_index(c, s->index);
   if (!q) return q.error();
+  if (VSOCKREF_FAULT(no_reply_unready_ring) && !rings_[*q].queue.ready()) return 0;
   // Everything popped has been pushed already (the device completes each
   // chain before it returns), so nothing is in flight to drain.
   const uint16_t base = rings_[*q].queue.last_avail();
@@ -309,7 +370,7 @@ vhu::Result<uint64_t> Backend::set_vring_kick(Ctx& c) {
   Vring& r = rings_[*q];
   if (r.kick) loop_.remove(r.kick.get());
   r.kick = arg.nofd ? vhu::UniqueFd{} : std::move(c.msg.fds[0]);
-  r.poll = arg.nofd;
+  r.poll = arg.nofd && !VSOCKREF_FAULT(no_poll_without_kick_fd);
   r.broken = false;
   r.kick_lost = false;
   watch_kick(*q);
@@ -318,7 +379,9 @@ vhu::Result<uint64_t> Backend::set_vring_kick(Ctx& c) {
   // process it before; a ring that polls (no-fd flag) has no kick to wait for.
   // QEMU hands over a kick fd that is already signalled, so under both texts
   // it starts at once (README, "Ring states").
-  if (arg.nofd || opts_.spec == vhu::SpecText::Newest) start_ring(*q);
+  const bool start_now = opts_.spec == vhu::SpecText::Newest ? !VSOCKREF_FAULT(wait_for_kick_newest)
+                                                             : VSOCKREF_FAULT(start_ring_before_kick);
+  if (arg.nofd || start_now) start_ring(*q);
   return 0;
 }
 
@@ -350,8 +413,10 @@ vhu::Result<uint64_t> Backend::set_vring_call(Ctx& c) {
   if (!q) return q.error();
   if (!arg.nofd && c.msg.fds.empty())
     return vhu::Err(fmt::format("SET_VRING_CALL: field u64 = {:#x} has no no-fd flag but no fd is attached", *v));
+  if (arg.nofd && VSOCKREF_FAULT(keep_call_fd_on_nofd)) return 0;
   Vring& r = rings_[*q];
   // Replacing closes the old fd: QEMU sends a new one on every start and stop.
+  if (VSOCKREF_FAULT(keep_replaced_call_fd) && !arg.nofd) r.replaced_call = std::move(r.call);
   r.call = arg.nofd ? vhu::UniqueFd{} : std::move(c.msg.fds[0]);
   if (r.call) set_nonblocking(r.call.get());
   if (VSOCKREF_FAULT(call_while_suspended) && suspended()) signal(r.call);
@@ -390,6 +455,7 @@ vhu::Result<uint64_t> Backend::set_vring_enable(Ctx& c) {
   }
   r.enabled = s->num == 1;
   device_.rings_changed();
+  if (VSOCKREF_FAULT(no_ack_for_vring_enable)) c.replied = true;
   return 0;
 }
 
@@ -404,8 +470,20 @@ vhu::Result<uint64_t> Backend::get_queue_num(Ctx& c) {
 vhu::Result<uint64_t> Backend::get_config(Ctx& c) {
   auto p = vhu::payload_config(c.msg);
   if (!p) return p.error();
-  const auto cfg = device_.config();
+  auto cfg = device_.config();
+  // Fault reserved_guest_cid: only a read of the upper half shows it, so a
+  // front-end reading all 8 bytes at once (QEMU) never notices.
+  if (VSOCKREF_FAULT(reserved_guest_cid) && p->hdr.offset >= 4 && cfg.size() > 4) cfg[4] = 1;
   const uint64_t end = uint64_t{p->hdr.offset} + p->hdr.size;
+  if (end > cfg.size() && VSOCKREF_FAULT(config_bounds_in_32_bits) && static_cast<uint32_t>(end) <= cfg.size()) {
+    // The wrapped range passes; its bytes come from where the wrapped offset
+    // lands, never from outside the config.
+    std::vector<uint8_t> data(p->hdr.size);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = cfg[(p->hdr.offset + i) % cfg.size()];
+    reply(c.msg, vhu::make_config_message(static_cast<uint32_t>(FrontendReq::GET_CONFIG), p->hdr, data, true));
+    c.replied = true;
+    return 0;
+  }
   if (end > cfg.size()) {
     // "vhost-user back-end uses zero length of payload to indicate an error"
     VLOG(Warn, "{}: GET_CONFIG: field offset = {} size = {} reaches past the {}-byte config", opts_.vsock.name,
@@ -414,8 +492,9 @@ vhu::Result<uint64_t> Backend::get_config(Ctx& c) {
     c.replied = true;
     return 0;
   }
+  const uint32_t from = VSOCKREF_FAULT(config_ignores_offset) ? 0 : p->hdr.offset;
   vhu::Message r = vhu::make_config_message(static_cast<uint32_t>(FrontendReq::GET_CONFIG), p->hdr,
-                                            std::span<const uint8_t>(cfg.data() + p->hdr.offset, p->hdr.size), true);
+                                            std::span<const uint8_t>(cfg.data() + from, p->hdr.size), true);
   reply(c.msg, std::move(r));
   c.replied = true;
   device_.config_read();
@@ -459,6 +538,7 @@ vhu::Result<uint64_t> Backend::set_status(Ctx& c) {
     device_reset("status 0");
     return 0;
   }
+  if (VSOCKREF_FAULT(forget_status)) return 0;
   constexpr uint8_t kFeaturesOk = 8;
   status_ = static_cast<uint8_t>(*v);
   // A device that cannot work with the acked features leaves FEATURES_OK

@@ -25,7 +25,14 @@ vhu::Result<uint64_t> Backend::set_device_state_fd(Ctx& c) {
   auto p = vhu::payload_device_state(c.msg);
   if (!p) return p.error();
   uint64_t result = kError | vhu::kDeviceStateInvalidFd;
-  if (c.msg.fds.empty()) {
+  if (VSOCKREF_FAULT(device_state_lax_params)) {
+    cancel_transfer();
+    if (c.msg.fds.empty())
+      result = vhu::kDeviceStateInvalidFd;
+    else
+      result = p->direction == vhu::kTransferLoad ? start_load(std::move(c.msg.fds[0]))
+                                                  : start_save(std::move(c.msg.fds[0]));
+  } else if (c.msg.fds.empty()) {
     VLOG(Warn, "{}: SET_DEVICE_STATE_FD: no fd attached", opts_.vsock.name);
   } else if (p->direction != vhu::kTransferSave && p->direction != vhu::kTransferLoad) {
     VLOG(Warn, "{}: SET_DEVICE_STATE_FD: field direction = {} is neither save (0) nor load (1)", opts_.vsock.name,
@@ -138,6 +145,10 @@ void Backend::transfer_event() {
       return;
     }
     // Closing our end is the end-of-data signal.
+    if (VSOCKREF_FAULT(save_never_closes)) {
+      loop_.remove(transfer_fd_.get());
+      (void)transfer_fd_.release();  // left open on purpose: the reader never sees EOF
+    }
     cancel_transfer();
     transfer_ = Transfer::Done;
     answer_deferred_check();

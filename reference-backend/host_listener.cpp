@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "faults.h"
 #include "handshake.h"
 #include "log.h"
 #include "vhu/channel.h"
@@ -72,6 +73,14 @@ void HostListener::on_readable(int fd) {
   Pending& p = it->second;
   char buf[kMaxHandshakeLine];
   const size_t want = kMaxHandshakeLine - p.line.size();
+  while (VSOCKREF_FAULT(block_on_connect_line)) {
+    // Waits on the loop for the rest of the line, as a blocking reader would.
+    const ssize_t n = ::recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
+    if ((n < 0 && errno != EAGAIN) || n == 0 || (n > 0 && (std::memchr(buf, '\n', static_cast<size_t>(n)) ||
+                                                          static_cast<size_t>(n) == want)))
+      break;
+    ::usleep(1000);
+  }
   const ssize_t n = ::recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   if (n <= 0) {

@@ -152,7 +152,7 @@ TEST(Integration, GuestToHostAndHostToGuestStreamsAreByteExact) {
   ASSERT_TRUE(host.valid());
   const auto up = random_bytes(1 << 20, 1);
   std::vector<uint8_t> host_got;
-  guest_send_stream(h, 5000, 1234, up, host.get(), host_got, 64 * 1024, 0);
+  guest_send_stream(h, 5000, 1234, up, host.get(), host_got, h.cfg.tx_buffer_size, 0);
   EXPECT_TRUE(host_got == up);
   const auto down = random_bytes(1 << 20, 2);
   auto guest_got = host_send_stream(h, 5000, 1234, down, host.get());

@@ -8,7 +8,8 @@
 
 namespace vsockref {
 
-enum class LogLevel { Error = 0, Warn, Info, Debug, Trace };
+// Off: nothing at all (in-process fuzzers, where every input logs a refusal).
+enum class LogLevel { Off = -1, Error = 0, Warn, Info, Debug, Trace };
 
 LogLevel log_level();
 void set_log_level(LogLevel level);

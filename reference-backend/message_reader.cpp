@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "faults.h"
+
 namespace vsockref {
 namespace {
 constexpr size_t kScmMaxFd = 253;
@@ -49,6 +51,15 @@ vhu::Result<std::optional<vhu::Message>> MessageReader::read(int fd) {
         hdr_got_ += static_cast<size_t>(n);
         if (hdr_got_ == sizeof hdr_) {
           std::memcpy(&msg_.hdr, hdr_, sizeof hdr_);
+          if (VSOCKREF_FAULT(ignore_size_field)) {
+            const auto* info = vhu::request_info(vhu::Plane::Frontend, msg_.hdr.request);
+            if (auto n = info ? vhu::fixed_payload_size(info->request) : std::nullopt)
+              msg_.hdr.size = static_cast<uint32_t>(*n);
+          }
+          if (msg_.hdr.size > kMaxPayload && VSOCKREF_FAULT(trust_header_size)) {
+            msg_.payload.resize(1u << 24);  // waits for a payload that never comes (capped: RAM is finite)
+            return std::optional<vhu::Message>{};
+          }
           if (msg_.hdr.size > kMaxPayload)
             return vhu::Err(fmt::format("{}: header field size = {} exceeds {} bytes",
                                         vhu::request_name(vhu::Plane::Frontend, msg_.hdr.request), msg_.hdr.size,

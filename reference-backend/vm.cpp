@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "faults.h"
 #include "log.h"
 #include "vhu/channel.h"
 
@@ -126,12 +127,17 @@ void Vm::on_frontend(uint32_t events) {
 }
 
 void Vm::read_messages() {
+  bool owner_in_burst = false;  // fault drop_fds_when_pipelined: SET_OWNER read in this wake-up
   while (conn_ && !paused_) {
     size_t queued = 0;
     for (const Out& o : out_) queued += o.bytes.size() - o.off;
     if (queued >= kMaxQueuedReplyBytes) break;
     auto m = reader_.read(conn_.get());
     if (!m) {
+      if (VSOCKREF_FAULT(hang_on_truncated_header) && m.error().kind == vhu::ErrorKind::Desync) {
+        loop_.modify(conn_.get(), 0);  // neither read nor dropped: the listener stays shut
+        return;
+      }
       if (m.error().kind == vhu::ErrorKind::Closed)
         drop_frontend("front-end disconnected");
       else
@@ -139,6 +145,19 @@ void Vm::read_messages() {
       return;
     }
     if (!*m) break;
+    if (VSOCKREF_FAULT(drop_fds_when_pipelined)) {
+      // The connection-start burst (INTEROP bug 16): a SET_MEM_TABLE that follows
+      // SET_OWNER in one read loses its fds. The pause lets the burst pile up.
+      if (owner_in_burst && (**m).hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_MEM_TABLE))
+        (**m).fds.clear();
+      // A request the front-end waits on ends the burst.
+      const auto* info = vhu::request_info(vhu::Plane::Frontend, (**m).hdr.request);
+      if ((**m).need_reply() || (info && info->has_own_reply())) owner_in_burst = false;
+      if ((**m).hdr.request == static_cast<uint32_t>(vhu::FrontendReq::SET_OWNER)) {
+        owner_in_burst = true;
+        ::usleep(20000);
+      }
+    }
     switch (backend_.handle(std::move(**m))) {
       case Disposition::Continue: break;
       case Disposition::Wait: paused_ = true; break;

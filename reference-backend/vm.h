@@ -21,7 +21,9 @@ struct VmConfig {
   std::string socket;    // vhost-user socket path
   std::string uds_path;  // hybrid-vsock host side; empty: none
   std::set<std::string> groups{"default"};
-  uint32_t tx_buffer_size = 64 * 1024;
+  // Linux's default vsock buffer: with 64 KiB the guest could have only one
+  // full-size packet in flight, and each one waited for a CREDIT_UPDATE.
+  uint32_t tx_buffer_size = 256 * 1024;
   uint32_t queue_size = 1024;
   bool client = false;   // connect to `socket` instead of listening on it
   vhu::SpecText spec = vhu::SpecText::Upstream;  // whose ring-start rule (BackendOptions)

@@ -22,6 +22,7 @@ struct Vring {
   bool poll = false;                // SET_VRING_KICK with the no-fd flag
   bool kick_lost = false;           // fault lose_kick_before_enable only
   vhu::UniqueFd kick, call, err;
+  vhu::UniqueFd replaced_call;      // fault keep_replaced_call_fd only
   bool notify_due = false;          // pushed since the last call
   // Where GET_VRING_BASE left the ring, to tell a `cont` (same base and
   // addresses) from a driver that re-initialised the ring.

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <thread>
 
 #include "chain_io.h"
 #include "faults.h"
@@ -90,7 +91,7 @@ void VsockDevice::reset() {
   relay_.clear();
   relay_bytes_ = 0;
   held_.clear();  // the host programs see EOF instead of OK
-  reset_state_ = ResetState::None;
+  if (!VSOCKREF_FAULT(reset_keeps_pending_transport_reset)) reset_state_ = ResetState::None;
 }
 
 DeviceState VsockDevice::save(uint64_t features, uint64_t protocol_features) const {
@@ -112,7 +113,7 @@ void VsockDevice::loaded(const DeviceState&) {
 }
 
 void VsockDevice::rings_changed() {
-  if (reset_state_ != ResetState::Pending) return;
+  if (reset_state_ != ResetState::Pending || VSOCKREF_FAULT(wait_for_event_ring)) return;
   // The start sequence is over (rx and tx running) and the front-end never
   // handed us the event ring: it keeps that queue and sends TRANSPORT_RESET
   // itself, as QEMU does for vhost-vsock. Waiting longer would leave the
@@ -126,6 +127,11 @@ void VsockDevice::rings_changed() {
 }
 
 void VsockDevice::config_read() {
+  if (VSOCKREF_FAULT(activate_on_early_config_read) && reset_state_ == ResetState::Pending) {
+    reset_state_ = ResetState::None;
+    admit_held();
+    return;
+  }
   if (reset_state_ != ResetState::AwaitConfigRead) return;
   // virtio 5.10.6.6: the driver fetches guest_cid after TRANSPORT_RESET. A
   // read before the event was sent does not count (the race the seed left).
@@ -149,7 +155,8 @@ void VsockDevice::process() {
 }
 
 void VsockDevice::process_event() {
-  if (reset_state_ != ResetState::Pending || !io_.ring_usable(vs::kEventQueue)) return;
+  const bool owed = reset_state_ == ResetState::Pending || VSOCKREF_FAULT(spurious_transport_reset);
+  if (!owed || !io_.ring_usable(vs::kEventQueue)) return;
   auto c = io_.pop(vs::kEventQueue);
   if (!c && io_.rearm(vs::kEventQueue)) c = io_.pop(vs::kEventQueue);
   if (!c) return;  // delivered once a buffer arrives, never dropped
@@ -168,6 +175,7 @@ void VsockDevice::process_event() {
   io_.push(vs::kEventQueue, c->head, static_cast<uint32_t>(ev.size()));
   reset_state_ = ResetState::AwaitConfigRead;
   VLOG(Info, "{}: TRANSPORT_RESET sent; waiting for the driver to read the config", opts_.name);
+  if (VSOCKREF_FAULT(connect_before_config_read)) admit_held();
 }
 
 void VsockDevice::process_tx() {
@@ -200,7 +208,7 @@ void VsockDevice::handle_tx_chain(const vhu::Chain& c) {
   auto h = vs::decode(raw);
   if (!h) return;
   VLOG(Trace, "{}: tx {}", opts_.name, vs::describe(*h));
-  if (h->len > c.readable_bytes - vs::kHdrSize) {
+  if (h->len > c.readable_bytes - vs::kHdrSize && !VSOCKREF_FAULT(trust_vsock_hdr_len)) {
     VLOG(Warn, "{}: tx packet {}: field len = {} but the buffer holds {} payload bytes; dropped", opts_.name,
          vs::describe(*h), h->len, c.readable_bytes - vs::kHdrSize);
     return;
@@ -211,6 +219,10 @@ void VsockDevice::handle_tx_chain(const vhu::Chain& c) {
     return;
   }
   if (h->dst_cid == vs::kHostCid) {
+    handle_host_packet(*h, c);
+    return;
+  }
+  if (VSOCKREF_FAULT(route_outside_groups)) {
     handle_host_packet(*h, c);
     return;
   }
@@ -231,13 +243,13 @@ void VsockDevice::handle_host_packet(const Hdr& h, const vhu::Chain& c) {
     // an unknown type value" (and one not negotiated is unknown to us).
     VLOG(Debug, "{}: tx packet {}: field type = {} not supported", opts_.name, vs::describe(h), h.type);
     if (conn) destroy(*conn);
-    if (!is_rst) queue_rst_reply(h);
+    if (!is_rst && !VSOCKREF_FAULT(no_rst_unknown_type)) queue_rst_reply(h);
     return;
   }
   if (!conn) {
     if (h.op == op_of(Op::REQUEST)) {
       guest_request(h);
-    } else if (!is_rst || VSOCKREF_FAULT(rst_an_rst)) {
+    } else if ((!is_rst && !VSOCKREF_FAULT(no_rst_unknown_connection)) || VSOCKREF_FAULT(rst_an_rst)) {
       // Never answer an RST with an RST (INTEROP bug 14).
       queue_rst_reply(h);
     }
@@ -275,7 +287,7 @@ void VsockDevice::handle_host_packet(const Hdr& h, const vhu::Chain& c) {
     case Op::CREDIT_UPDATE:
       break;
     case Op::CREDIT_REQUEST:
-      conn->want_credit_update = true;
+      if (!VSOCKREF_FAULT(ignore_credit_request)) conn->want_credit_update = true;
       break;
     case Op::REQUEST:
     default:
@@ -306,7 +318,7 @@ void VsockDevice::guest_request(const Hdr& h) {
   vhu::UniqueFd fd(::socket(AF_UNIX, stype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd || ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
     VLOG(Debug, "{}: REQUEST to host port {}: connect {}: {}", opts_.name, h.dst_port, path, std::strerror(errno));
-    queue_rst_reply(h);
+    if (!VSOCKREF_FAULT(no_rst_closed_port)) queue_rst_reply(h);
     return;
   }
   Connection& conn = create(ConnKey{vs::kHostCid, h.dst_port, h.src_port}, h.type, std::move(fd));
@@ -323,15 +335,24 @@ void VsockDevice::guest_rw(Connection& conn, const Hdr& h, const vhu::Chain& c) 
     abort_conn(conn, "RW before RESPONSE or after SHUTDOWN(SEND)");
     return;
   }
-  if (!conn.local.can_accept(h.len)) {
+  if (!conn.local.can_accept(h.len) && !VSOCKREF_FAULT(unbounded_tx_buffer)) {
     abort_conn(conn, fmt::format("RW of {} bytes exceeds the credit we gave ({} of {} buffered)", h.len,
                                  conn.local.buffered(), conn.local.buf_alloc));
     return;
   }
+  if (VSOCKREF_FAULT(trust_vsock_hdr_len) && h.len > c.readable_bytes - vs::kHdrSize) {
+    // Reads hdr.len bytes on from the header, as if the first buffer held them all.
+    if (auto p = io_.memory().gpa_to_host(c.segments[0].gpa + vs::kHdrSize, h.len); p.ok() && conn.host)
+      (void)::send(conn.host.get(), *p, h.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return;
+  }
+  // Fault corrupt_stream_at_64k: where stream byte 65536 falls in this packet, if it does.
+  const uint32_t corrupt_at = 65536 - conn.local.rx_cnt;
+  const bool corrupt = VSOCKREF_FAULT(corrupt_stream_at_64k) && corrupt_at < h.len;
   conn.local.rx_cnt += h.len;
   if (h.len == 0 && !(conn.type == vs::kTypeSeqpacket && (h.flags & vs::kSeqEom))) return;
   size_t sent = 0;
-  if (conn.type == vs::kTypeStream && conn.out_bytes() == 0 && conn.host) {
+  if (conn.type == vs::kTypeStream && conn.out_bytes() == 0 && conn.host && !corrupt) {
     // Straight from guest memory to the host socket; only what the socket
     // does not take now is copied into the connection's buffer.
     std::vector<iovec> iov;
@@ -358,6 +379,7 @@ void VsockDevice::guest_rw(Connection& conn, const Hdr& h, const vhu::Chain& c) 
       abort_conn(conn, "payload unreadable");
       return;
     }
+    if (corrupt) conn.out[at + corrupt_at] ^= 0xff;
   }
   if (conn.type == vs::kTypeSeqpacket) {
     conn.out_partial += h.len;
@@ -367,10 +389,11 @@ void VsockDevice::guest_rw(Connection& conn, const Hdr& h, const vhu::Chain& c) 
     }
   }
   flush_out(conn);
-  if (conn.local.update_due()) conn.want_credit_update = true;
+  if (conn.local.update_due() && !VSOCKREF_FAULT(no_credit_update)) conn.want_credit_update = true;
 }
 
 void VsockDevice::guest_shutdown(Connection& conn, uint32_t flags) {
+  if (VSOCKREF_FAULT(ignore_guest_shutdown)) return;
   if (flags & vs::kShutdownRcv) conn.guest_no_more_rcv = true;
   if (flags & vs::kShutdownSend) conn.guest_no_more_send = true;
   if (conn.guest_no_more_rcv && conn.guest_no_more_send) {
@@ -437,13 +460,17 @@ bool VsockDevice::have_rx_work() {
 }
 
 void VsockDevice::process_rx() {
+  if (VSOCKREF_FAULT(stall_on_unready_rx) && !io_.ring_started(vs::kRxQueue) && have_rx_work()) {
+    // rust-vmm/vhost-device #827: waiting inside the loop for a ring only the loop could start.
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+  }
   while (io_.ring_usable(vs::kRxQueue) && have_rx_work()) {
     auto c = io_.pop(vs::kRxQueue);
     if (!c) {
       if (io_.rearm(vs::kRxQueue)) continue;
       break;
     }
-    if (c->writable_bytes < vs::kHdrSize) {
+    if (c->writable_bytes < vs::kHdrSize && !VSOCKREF_FAULT(write_past_rx_buffer)) {
       VLOG(Warn, "{}: rx buffer {} has {} writable bytes, a packet header needs {}; returned empty", opts_.name,
            c->head, c->writable_bytes, vs::kHdrSize);
       io_.push(vs::kRxQueue, c->head, 0);
@@ -456,6 +483,12 @@ void VsockDevice::process_rx() {
 uint32_t VsockDevice::write_packet(const vhu::Chain& c, const Hdr& h) {
   VLOG(Trace, "{}: rx {}", opts_.name, vs::describe(h));
   const auto bytes = vs::encode(h);
+  if (VSOCKREF_FAULT(write_past_rx_buffer) && !c.segments.empty()) {
+    // Trusts the first descriptor to be a writable buffer big enough for a header.
+    if (auto p = io_.memory().gpa_to_host(c.segments[0].gpa, bytes.size()); p.ok())
+      std::memcpy(*p, bytes.data(), bytes.size());
+    return static_cast<uint32_t>(vs::kHdrSize);
+  }
   if (auto w = vhu::write_chain(io_.memory(), c, 0, bytes); !w) {
     VLOG(Warn, "{}: rx buffer {}: {}", opts_.name, c.head, w.message());
     return 0;
@@ -514,7 +547,7 @@ Hdr VsockDevice::reply_hdr(Connection& conn, Op op, uint32_t flags, uint32_t len
   h.flags = flags;
   // Every packet carries our credit, so every packet is a credit update.
   h.buf_alloc = conn.local.buf_alloc;
-  h.fwd_cnt = conn.local.fwd_cnt;
+  h.fwd_cnt = conn.local.fwd_cnt + (VSOCKREF_FAULT(wrong_fwd_cnt) ? 4096u : 0u);
   conn.local.reported_fwd = conn.local.fwd_cnt;
   return h;
 }
@@ -527,6 +560,7 @@ uint32_t VsockDevice::fill_conn(Connection& conn, const vhu::Chain& c) {
   }
   if (conn.want_request) {
     conn.want_request = false;
+    if (VSOCKREF_FAULT(credit_update_before_response)) conn.want_credit_update = true;
     return write_packet(c, reply_hdr(conn, Op::REQUEST));
   }
   if (conn.want_response) {
@@ -568,6 +602,16 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   const ssize_t r = ::recvmsg(conn.host.get(), &mh, MSG_DONTWAIT);
   if (r > 0) {
     const auto got = static_cast<uint32_t>(r);
+    if (VSOCKREF_FAULT(corrupt_stream_at_64k) && 65536 - conn.guest.tx_cnt < got) {
+      size_t off = 65536 - conn.guest.tx_cnt;
+      for (const iovec& v : iov) {
+        if (off < v.iov_len) {
+          static_cast<uint8_t*>(v.iov_base)[off] ^= 0xff;
+          break;
+        }
+        off -= v.iov_len;
+      }
+    }
     // A short read means the socket is drained: wait for epoll again.
     if (got < *n) conn.host_readable = false;
     conn.guest.sent(got);
@@ -580,6 +624,7 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     conn.host_eof = true;
     conn.host_readable = false;
     update_interest(conn);
+    if (VSOCKREF_FAULT(no_shutdown_to_guest)) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
     const uint32_t f = vs::kShutdownSend | (conn.host_hup ? vs::kShutdownRcv : 0);
     return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, f));
   }
@@ -637,7 +682,8 @@ uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint
   const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(room, left));
   const bool last = chunk == left;
   if (!chunk && !last) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
-  Hdr h = reply_hdr(conn, Op::RW, last ? vs::kSeqEom | vs::kSeqEor : 0, chunk);
+  const bool eom = last && !VSOCKREF_FAULT(seqpacket_no_eom);
+  Hdr h = reply_hdr(conn, Op::RW, eom ? vs::kSeqEom | vs::kSeqEor : 0, chunk);
   uint32_t n = write_packet(c, h);
   if (n && chunk) {
     auto w = vhu::write_chain(io_.memory(), c, vs::kHdrSize,
@@ -792,7 +838,7 @@ void VsockDevice::flush_out(Connection& conn) {
     conn.out.erase(conn.out.begin(), conn.out.begin() + static_cast<ptrdiff_t>(conn.out_head));
     conn.out_head = 0;
   }
-  if (conn.local.update_due()) {
+  if (conn.local.update_due() && !VSOCKREF_FAULT(no_credit_update)) {
     conn.want_credit_update = true;
     schedule(conn);
   }
@@ -807,7 +853,8 @@ uint32_t VsockDevice::alloc_host_port(uint32_t guest_port) {
 }
 
 void VsockDevice::host_connect(vhu::UniqueFd fd, uint32_t guest_port) {
-  if (!accepting_incoming()) {
+  const bool early = VSOCKREF_FAULT(connect_before_config_read) && reset_state_ == ResetState::AwaitConfigRead;
+  if (!accepting_incoming() && !early) {
     // Held, not refused: no host-initiated connection may reach the guest
     // before it has handled TRANSPORT_RESET (README, "Transport reset").
     if (held_.size() >= kMaxHeldConnects) {

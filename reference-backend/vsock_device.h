@@ -4,6 +4,7 @@
 // through the event loop; the vhost-user layer owns both.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <deque>
@@ -23,7 +24,7 @@ namespace vsockref {
 
 struct VsockOptions {
   uint64_t guest_cid = 3;
-  uint32_t tx_buffer_size = 64 * 1024;  // per-connection guest-to-host buffer (our buf_alloc)
+  uint32_t tx_buffer_size = 256 * 1024;  // per-connection guest-to-host buffer (our buf_alloc)
   std::string uds_path;                 // empty: no host side (in-process fuzzing)
   std::string name = "vm";              // log prefix
 };
@@ -73,6 +74,13 @@ class VsockDevice {
   size_t connection_count() const { return conns_.size(); }
   // Nothing owed to the guest and nothing buffered towards the host.
   bool idle() const;
+  // The largest guest-to-host backlog of any one flow: credit keeps it within
+  // tx_buffer_size whatever the guest sends (the vsock_packets fuzzer checks).
+  size_t max_host_backlog() const {
+    size_t m = 0;
+    for (const auto& [id, c] : conns_) m = std::max(m, c->out_bytes());
+    return m;
+  }
 
  private:
   struct HeldConnect {

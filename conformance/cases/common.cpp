@@ -23,6 +23,17 @@ bool expect_refused(Ctx& ctx, vhu::Message m, const std::string& what) {
     check(o.reply.payload.size() == 8, "a u64 ack", fmt::format("{} payload bytes", o.reply.payload.size()));
     check(o.u64 != 0, fmt::format("a non-zero ack refusing {} (or the connection closed)", what),
           "ack 0: the back-end claims success");
+  } else {
+    // Without REPLY_ACK a refusal by closing shows only on the next request.
+    auto probe = fe.try_request(vhu::Message::empty(req(vhu::FrontendReq::GET_FEATURES)));
+    if (probe.kind == Outcome::Closed) {
+      ctx.note(fmt::format("the back-end closed the connection on {} (allowed)", what));
+      if (ctx.backend().crashed()) fail(what + " refused", "the back-end crashed: " + ctx.backend().status_text());
+      return true;
+    }
+    check(probe.kind == Outcome::Reply && probe.reply.payload.size() == 8,
+          "the back-end to keep answering (GET_FEATURES) after " + what, probe.text);
+    return false;
   }
   ctx.expect_alive("after " + what);
   return false;

@@ -1,6 +1,9 @@
 // Device config space, device status and RESET_DEVICE.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "common.h"
 
 namespace conform {
@@ -14,7 +17,7 @@ namespace vs = vhu::vsock;
 CONFORM_CASE(get_config,
              .id = "config.get_config",
              .requirements = {"VU-GET-CONFIG-SIZE", "VSOCK-CONFIG-CID"},
-             .summary = "GET_CONFIG(0, 8) answers 8 bytes holding the guest CID the back-end was given",
+             .summary = "GET_CONFIG(0, 8) answers the guest CID the back-end was given, (0, 4) and (4, 4) its halves",
              .device = "vsock",
              .protocol_features = {pf::CONFIG}) {
   ctx.handshake();
@@ -22,6 +25,16 @@ CONFORM_CASE(get_config,
   auto cid = vs::decode_config(data);
   check(cid.ok() && *cid == ctx.cid(), fmt::format("guest_cid {}", ctx.cid()),
         cid.ok() ? std::to_string(*cid) : cid.message());
+  // A field read on its own (as a guest driver reads a le64 in two halves)
+  // comes from where offset points.
+  for (uint32_t off : {0u, 4u}) {
+    auto half = ctx.fe().get_config(off, 4);
+    uint32_t v = 0;
+    std::memcpy(&v, half.data(), std::min<size_t>(half.size(), 4));
+    const auto want = static_cast<uint32_t>(ctx.cid() >> (8 * off));
+    check(v == want, fmt::format("GET_CONFIG({}, 4) = {:#x}, bytes {}-{} of guest_cid", off, want, off, off + 3),
+          fmt::format("{:#x}", v));
+  }
 }
 
 CONFORM_CASE(config_out_of_bounds,

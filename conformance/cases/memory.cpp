@@ -30,11 +30,17 @@ vhu::UniqueFd small_memfd(uint64_t size) {
   return vhu::UniqueFd(fd);
 }
 
-// Start the vsock rings and prove both regions and both address kinds work:
-// tx buffers live in region 0, rings and rx buffers in region 1.
-void prove_datapath(Ctx& ctx, QemuFrontend& q, const std::string& what) {
+// Proves both regions work: the tx ring and its buffers live in region 0, the
+// rx ring and its buffers in region 1, whose memfd mapping starts at a
+// non-zero mmap_offset. A host CONNECT must come out as a REQUEST on rx.
+void prove_datapath(Ctx& ctx, QemuFrontend& q, const std::string& what, uint32_t port) {
   auto& g = q.guest();
   tx_consume(ctx, g, 3, what);
+  auto host = ctx.host().connect(port);
+  const auto request = static_cast<uint16_t>(vhu::vsock::Op::REQUEST);
+  auto p = g.wait_rx([&](const RxPacket& r) { return r.hdr.op == request && r.hdr.dst_port == port; },
+                     std::min(ctx.remaining_ms(), 2000));
+  check(p.has_value(), fmt::format("a REQUEST on rx (region 1) for the host's CONNECT {} {}", port, what), "nothing");
 }
 
 CONFORM_CASE(set_mem_table,
@@ -47,7 +53,7 @@ CONFORM_CASE(set_mem_table,
   QemuFrontend q(ctx, o);
   q.realize();
   q.start();
-  prove_datapath(ctx, q, "through a two-region SET_MEM_TABLE");
+  prove_datapath(ctx, q, "through a two-region SET_MEM_TABLE", 5100);
 }
 
 CONFORM_CASE(replace_table,
@@ -60,12 +66,12 @@ CONFORM_CASE(replace_table,
   QemuFrontend q(ctx, o);
   q.realize();
   q.start();
-  prove_datapath(ctx, q, "with the first table");
+  prove_datapath(ctx, q, "with the first table", 5101);
   q.stop();
   ctx.ram().set_uaddr(0, 0x7e1100000000ull);
   ctx.ram().set_uaddr(1, 0x7e1000000000ull);
   q.start();
-  prove_datapath(ctx, q, "after the table was replaced (rings at new userspace addresses)");
+  prove_datapath(ctx, q, "after the table was replaced (rings at new userspace addresses)", 5102);
 }
 
 CONFORM_CASE(add_rem_mem_reg,
@@ -80,7 +86,7 @@ CONFORM_CASE(add_rem_mem_reg,
   uint64_t slots = ctx.fe().get_max_mem_slots();
   check(slots >= 2, "GET_MAX_MEM_SLOTS of at least 2 (the guest has two regions)", std::to_string(slots));
   q.start();
-  prove_datapath(ctx, q, "with regions added by ADD_MEM_REG");
+  prove_datapath(ctx, q, "with regions added by ADD_MEM_REG", 5103);
   // Fill the remaining slots with one-page regions, then one more must be refused.
   auto& fe = ctx.fe();
   std::vector<vhu::MemoryRegion> extra;
@@ -97,7 +103,7 @@ CONFORM_CASE(add_rem_mem_reg,
     if (expect_refused(ctx, std::move(m), fmt::format("ADD_MEM_REG beyond the {} slots it announced", slots))) return;
   }
   for (const auto& r : extra) fe.rem_mem_reg(r);
-  prove_datapath(ctx, q, "after the extra regions were removed");
+  prove_datapath(ctx, q, "after the extra regions were removed", 5104);
 }
 
 CONFORM_CASE(rem_mem_reg_closes_fd,

@@ -86,6 +86,10 @@ CONFORM_CASE(call_no_fd_flag,
   fe.set_vring_fd(FrontendReq::SET_VRING_CALL, vs::kTxQueue, -1);
   ctx.expect_alive("after SET_VRING_CALL with the invalid-FD flag");
   g.tx().take_calls();
+  // Ask for a notification on the next used buffer, so that a back-end
+  // still holding the old fd has a reason to signal it.
+  g.tx().dq().set_used_event(g.tx().dq().last_used());
+  g.tx().dq().set_no_interrupt(false);
   tx_consume(ctx, g, 2, "with polling instead of a call fd");
   check(g.tx().take_calls() == 0, "no signal on the withdrawn call fd", "the old call eventfd was signalled");
 }

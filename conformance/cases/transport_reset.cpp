@@ -1,0 +1,317 @@
+// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET after a device-state load (virtio 1.3
+// 5.10.6.6, seed 000). The virtio text puts no MUST on the device here; its
+// MUSTs are the driver's: on the event it shuts down every connection and
+// fetches guest_cid again. The device-side rules follow from those: whatever
+// reaches the guest before the event belongs to a connection the event then
+// tears down, and a host connection that arrives before the driver has
+// re-read its CID reaches a driver still in the middle of the reset. So:
+// event first, host connections only after the config re-read. Where the
+// front-end keeps the event queue itself (QEMU), the back-end cannot send
+// the event and must not wait for it.
+#include <fmt/format.h>
+
+#include <cstring>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+
+#include "common.h"
+#include "state_transfer.h"
+
+namespace conform {
+namespace {
+
+using vhu::FrontendReq;
+namespace pf = vhu::protocol_feature;
+namespace vs = vhu::vsock;
+
+constexpr uint32_t kEventRingSize = 16;
+
+QemuOptions restore_options() {
+  QemuOptions o;
+  // DEVICE_STATE is bit 19: QEMU 10 and crosvm accept it. Memory goes in one
+  // SET_MEM_TABLE, as crosvm sends it.
+  o.accept_protocol = ((1ull << 20) - 1) & ~vhu::bit(pf::CONFIGURE_MEM_SLOTS);
+  return o;
+}
+
+// The guest's event queue (ring 2) with a few 8-byte device-writable buffers.
+class EventRing {
+ public:
+  EventRing(Ctx& ctx, bool event_idx) : ram_(ctx.ram()), q_(ctx.ram(), vs::kEventQueue, kEventRingSize, event_idx, 0) {}
+
+  GuestQueue& queue() { return q_; }
+
+  // Posts n buffers and kicks (the driver replenishing the event queue).
+  void post(unsigned n) {
+    for (unsigned i = 0; i < n; ++i) {
+      const uint64_t gpa = ram_.alloc(8, 8, 0);
+      std::memset(ram_.host(gpa, 8), 0xa5, 8);
+      vhu::DriverBuffer b{gpa, 8, true};
+      auto head = q_.dq().add({&b, 1});
+      if (!head) throw std::runtime_error("suite bug: event add: " + head.message());
+      bufs_[*head] = gpa;
+    }
+    q_.dq().publish();
+    q_.kick();
+  }
+
+  // The next used event buffer: its id, or a description of what is wrong with it.
+  std::optional<std::pair<uint32_t, std::string>> take() {
+    auto u = q_.dq().pop_used();
+    if (!u) return std::nullopt;
+    auto it = bufs_.find(static_cast<uint16_t>(u->id));
+    if (it == bufs_.end()) return std::pair<uint32_t, std::string>{~0u, fmt::format("used id {} was never posted", u->id)};
+    if (u->len < vs::kEventSize)
+      return std::pair<uint32_t, std::string>{~0u, fmt::format("used len {} (an event is 4 bytes)", u->len)};
+    auto ev = vs::decode_event({ram_.host(it->second, vs::kEventSize), vs::kEventSize});
+    return std::pair<uint32_t, std::string>{*ev, fmt::format("event id {}", *ev)};
+  }
+
+ private:
+  GuestRam& ram_;
+  GuestQueue q_;
+  std::map<uint16_t, uint64_t> bufs_;
+};
+
+// Source side and destination side of a restore on one back-end: a save on a
+// first connection, then, on a fresh one, the load where QEMU 10 and crosvm
+// put it (before any memory or ring). Returns with the device loaded.
+void restore(Ctx& ctx, QemuFrontend& q) {
+  q.realize();
+  auto blob = save_device_state(ctx);
+  std::string why;
+  if (!ctx.reconnect(&why)) skip("a restore needs a second front-end connection after the save: " + why);
+  q.realize();
+  load_device_state(ctx, blob);
+}
+
+// Every ring handed over, the event ring included, as crosvm does. The event
+// ring is enabled before rx and tx, so that a back-end which decides from
+// the start sequence whether the front-end keeps the event queue (README of
+// the reference back-end) sees it handed over, whatever moment it starts a
+// ring at (SET_VRING_KICK or the first kick).
+void start_all_rings(Ctx& ctx, QemuFrontend& q, EventRing& ev, uint64_t acked) {
+  auto& f = ctx.fe();
+  auto& g = q.guest();
+  f.set_ack_policy(Frontend::AckPolicy::Always);
+  f.set_features(acked);
+  f.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
+  for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
+    f.set_vring_num(r->index(), r->size());
+    f.set_vring_base(r->index(), 0);
+    f.set_vring_addr(r->addr());
+    f.set_vring_fd(FrontendReq::SET_VRING_CALL, r->index(), r->call_fd());
+    r->new_kick_fd(true);
+    f.set_vring_fd(FrontendReq::SET_VRING_KICK, r->index(), r->kick_fd());
+  }
+  if (f.acked_protocol)
+    for (GuestQueue* r : {&ev.queue(), &g.rx(), &g.tx()}) f.set_vring_enable(r->index(), true);
+}
+
+uint64_t guest_acked(Ctx& ctx) {
+  auto& f = ctx.fe();
+  uint64_t want = QemuOptions{}.guest_features;
+  if (f.acked_protocol) want |= vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES);
+  return f.offered_features.value_or(0) & want;
+}
+
+// Waits for the event; fails if an rx used entry was visible while no event
+// was. rx is read before the event ring, so rx > 0 with no event yet means
+// the back-end wrote rx first.
+void expect_event_first(Ctx& ctx, VsockGuest& g, EventRing& ev, uint16_t rx_used_before) {
+  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms(), 2000));
+  for (;;) {
+    const uint16_t rx = g.rx().used_idx();
+    const uint16_t e = ev.queue().used_idx();
+    check(!(rx != rx_used_before && e == 0), "no rx packet before the TRANSPORT_RESET event",
+          fmt::format("rx used idx {} while the event ring's is still 0", rx));
+    if (e != 0) break;
+    if (Clock::now() >= end) fail("a TRANSPORT_RESET event on the event ring after the load", "nothing within 2 s");
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  auto got = ev.take();
+  check(got && got->first == vs::kEventTransportReset, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0)",
+        got ? got->second : "no used entry");
+}
+
+// No REQUEST reaches the guest for `what` over the quiet window.
+void expect_no_request(Ctx& ctx, VsockGuest& g, const std::string& what) {
+  auto p = g.wait_rx([](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST); },
+                     ctx.cfg().quiet_window_ms);
+  check(!p, fmt::format("no host-initiated REQUEST {}", what), p ? vs::describe(p->hdr) : "");
+}
+
+// The host's CONNECT reaches the guest; accepted, the host reads "OK ".
+void expect_host_connect(Ctx& ctx, VsockGuest& g, int host_fd, uint32_t guest_port, const std::string& when) {
+  auto p = g.wait_rx(
+      [&](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == guest_port; },
+      std::min(ctx.remaining_ms(), 2000));
+  check(p.has_value(), fmt::format("a REQUEST to guest port {} for the host's CONNECT {}", guest_port, when), "nothing");
+  g.accept(guest_port, p->hdr.src_port);
+  const std::string ok = read_line(host_fd, std::min(ctx.remaining_ms(), 2000));
+  check(ok.rfind("OK ", 0) == 0, "the host program to read \"OK <port>\" once the guest accepted",
+        fmt::format("\"{}\"", ok));
+}
+
+void read_config(Ctx& ctx) {
+  auto cfg = ctx.fe().get_config(0, vs::kConfigSize);
+  auto cid = vs::decode_config(cfg);
+  check(cid.ok() && *cid == ctx.cid(), fmt::format("GET_CONFIG guest_cid {}", ctx.cid()),
+        cid.ok() ? fmt::format("guest_cid {}", *cid) : cid.message());
+}
+
+CONFORM_CASE(event_first,
+             .id = "transport_reset.event_first",
+             .requirements = {"VSOCK-RESET-EVENT", "VSOCK-RESET-NOTHING-BEFORE-EVENT"},
+             .summary = "after a load, with the event ring handed over: TRANSPORT_RESET comes before any rx packet, "
+                        "and waits for an event buffer rather than being lost",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE},
+             .timeout_ms = 10000) {
+  constexpr uint32_t kHostPort = 7100, kGuestPort = 7101;
+  auto listener = ctx.host().listen(kHostPort);
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.post_rx_buffers();
+  // The guest's REQUEST waits in tx when the rings arrive; its answer is rx traffic.
+  auto& c = g.connect(kGuestPort, kHostPort);
+  start_all_rings(ctx, q, ev, acked);
+  // No event buffer yet: the event must wait for one, and rx with it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
+  check(g.rx().used_idx() == 0, "no rx packet while TRANSPORT_RESET waits for an event buffer",
+        fmt::format("rx used idx {}", g.rx().used_idx()));
+  ev.post(1);
+  expect_event_first(ctx, g, ev, 0);
+  // Afterwards the guest's own traffic flows.
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok, "an answer (RESPONSE or RST) to the guest's REQUEST after the event", "nothing");
+}
+
+CONFORM_CASE(host_connect_after_config_read,
+             .id = "transport_reset.host_connect_after_config_read",
+             .requirements = {"VSOCK-RESET-EVENT", "VSOCK-RESET-CONNECT-AFTER-CID"},
+             .summary = "after the event, host CONNECTs wait until the driver re-reads guest_cid, then arrive",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE},
+             .timeout_ms = 10000) {
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.post_rx_buffers();
+  ev.post(2);
+  HostSide host = ctx.host();
+  auto early = host.connect(7201);  // before the rings: the connection storm on resume
+  start_all_rings(ctx, q, ev, acked);
+  expect_event_first(ctx, g, ev, 0);
+  auto late = host.connect(7202);  // after the event, before the config read
+  expect_no_request(ctx, g, "between TRANSPORT_RESET and the driver's config re-read");
+  read_config(ctx);
+  expect_host_connect(ctx, g, early.get(), 7201, "made before the restore completed");
+  expect_host_connect(ctx, g, late.get(), 7202, "made before the config re-read");
+}
+
+CONFORM_CASE(early_config_read_ignored,
+             .id = "transport_reset.early_config_read_ignored",
+             .requirements = {"VSOCK-RESET-EVENT", "VSOCK-RESET-CONNECT-AFTER-CID"},
+             .summary = "a config read before the event (a snapshot taken mid-probe) does not let host CONNECTs through",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE},
+             .timeout_ms = 10000) {
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  // The driver's initial read, interrupted by the snapshot, lands after the
+  // load: it says nothing about the reset still to come (the seed's race).
+  read_config(ctx);
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.post_rx_buffers();
+  ev.post(1);
+  auto s = ctx.host().connect(7301);
+  start_all_rings(ctx, q, ev, acked);
+  expect_event_first(ctx, g, ev, 0);
+  expect_no_request(ctx, g, "after TRANSPORT_RESET when the only config read came before it");
+  read_config(ctx);
+  expect_host_connect(ctx, g, s.get(), 7301, "after the config re-read");
+}
+
+CONFORM_CASE(frontend_keeps_event_ring,
+             .id = "transport_reset.frontend_keeps_event_ring",
+             .requirements = {"VSOCK-RESET-FRONTEND-OWNS-EVENT", "QEMU-START-SEQUENCE"},
+             .summary = "after a load, a front-end that hands over rings 0 and 1 only (QEMU) gets a working device "
+                        "without any config read",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE},
+             .timeout_ms = 10000) {
+  constexpr uint32_t kHostPort = 7400, kGuestPort = 7401;
+  auto listener = ctx.host().listen(kHostPort);
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  auto s = ctx.host().connect(7402);
+  q.start();  // QEMU: rings 0 and 1; its guest's config reads never reach the back-end
+  auto& g = q.guest();
+  expect_host_connect(ctx, g, s.get(), 7402, "with the event queue kept by the front-end");
+  auto host = open_stream(ctx, g, kGuestPort, kHostPort, listener.get());
+  exchange(ctx, g, *g.conn(kGuestPort, kHostPort), host.get(), "after a restore without the event ring");
+}
+
+CONFORM_CASE(device_reset_clears_pending,
+             .id = "transport_reset.device_reset_clears_pending",
+             .requirements = {"VSOCK-RESET-EVENT", "VU-RESET-DEVICE"},
+             .summary = "RESET_DEVICE after a load drops the pending TRANSPORT_RESET: the rebooted driver gets no "
+                        "event and a working device (firecracker #5891)",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE, pf::RESET_DEVICE},
+             .timeout_ms = 10000) {
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  // The restored guest reboots before its driver ever ran: a fresh device.
+  ctx.fe().reset_device();
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.post_rx_buffers();
+  ev.post(2);
+  start_all_rings(ctx, q, ev, acked);
+  std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
+  check(ev.queue().used_idx() == 0, "no TRANSPORT_RESET left over from before the device reset",
+        fmt::format("event ring used idx {}", ev.queue().used_idx()));
+  auto s = ctx.host().connect(7601);
+  expect_host_connect(ctx, g, s.get(), 7601, "after the device reset, with no config read");
+}
+
+CONFORM_CASE(none_without_load,
+             .id = "transport_reset.none_without_load",
+             .requirements = {"VSOCK-RESET-EVENT"},
+             .summary = "a fresh start with the event ring handed over and no load sends no TRANSPORT_RESET",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  QemuFrontend q(ctx, restore_options());
+  q.realize();
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.post_rx_buffers();
+  ev.post(4);
+  start_all_rings(ctx, q, ev, acked);
+  std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
+  auto no_event = [&] {
+    check(ev.queue().used_idx() == 0, "no TRANSPORT_RESET on a device that was never loaded",
+          fmt::format("event ring used idx {}", ev.queue().used_idx()));
+  };
+  no_event();
+  auto s = ctx.host().connect(7501);
+  expect_host_connect(ctx, g, s.get(), 7501, "on a fresh device");
+  tx_consume(ctx, g, 2, "on a fresh device");
+  no_event();
+}
+
+}  // namespace
+}  // namespace conform

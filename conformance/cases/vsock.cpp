@@ -1,0 +1,590 @@
+// The virtio-vsock device (virtio 1.3, 5.10) as the guest and the host see
+// it through a vhost-user back-end: the config, byte streams both ways,
+// credit, RST and SHUTDOWN, SEQPACKET boundaries, addressing, and bounded
+// resources against a guest that ignores credit.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "common.h"
+
+namespace conform {
+namespace {
+
+namespace pf = vhu::protocol_feature;
+namespace vs = vhu::vsock;
+using vs::Op;
+
+constexpr uint16_t op(Op o) { return static_cast<uint16_t>(o); }
+
+QemuFrontend running(Ctx& ctx) {
+  QemuFrontend q(ctx);
+  q.realize();
+  q.start();
+  return q;
+}
+
+std::string pattern(size_t n, unsigned seed) {
+  std::string s(n, '\0');
+  uint32_t x = 0x9e3779b9u * (seed + 1);
+  for (size_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    s[i] = static_cast<char>(x >> 24);
+  }
+  return s;
+}
+
+// Where two byte strings first differ, for a message a back-end author can act on.
+std::string first_difference(const std::string& want, const std::string& got) {
+  size_t i = 0;
+  while (i < want.size() && i < got.size() && want[i] == got[i]) ++i;
+  if (i == want.size() && i == got.size()) return "identical";
+  if (i == got.size()) return fmt::format("{} of {} bytes arrived", got.size(), want.size());
+  return fmt::format("{} bytes arrived; first difference at offset {}", got.size(), i);
+}
+
+// Writes everything within `ms`, never blocking longer: a back-end that stops
+// reading must fail the case, not hang the runner.
+bool write_for(int fd, std::string_view data, int ms) {
+  const auto end = Clock::now() + std::chrono::milliseconds(ms);
+  while (!data.empty()) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      data.remove_prefix(static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
+    const int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
+    if (left <= 0) return false;
+    pollfd p{fd, POLLOUT, 0};
+    ::poll(&p, 1, std::min(left, 50));
+  }
+  return true;
+}
+
+// A host-initiated connection to `guest_port`, accepted by the guest with
+// receive buffer `buf_alloc`. The host program has read its "OK " line.
+GuestConn& accept_host(Ctx& ctx, VsockGuest& g, int host_fd, uint32_t guest_port, uint32_t buf_alloc = 256 * 1024) {
+  auto p = g.wait_rx([&](const RxPacket& p) { return p.hdr.op == op(Op::REQUEST) && p.hdr.dst_port == guest_port; },
+                     std::min(ctx.remaining_ms(), 2000));
+  check(p.has_value(), fmt::format("a REQUEST to guest port {} for the host's CONNECT", guest_port), "nothing");
+  GuestConn& c = g.conns()[{guest_port, p->hdr.src_port}];
+  c = GuestConn{};
+  c.local_port = guest_port;
+  c.peer_port = p->hdr.src_port;
+  c.established = true;
+  c.buf_alloc = buf_alloc;
+  c.peer_buf_alloc = p->hdr.buf_alloc;
+  c.peer_fwd_cnt = p->hdr.fwd_cnt;
+  g.send(g.hdr(Op::RESPONSE, guest_port, c.peer_port));
+  const std::string ok = read_line(host_fd, std::min(ctx.remaining_ms(), 2000));
+  check(ok.rfind("OK ", 0) == 0, "\"OK <port>\" for the host program once the guest accepted", fmt::format("\"{}\"", ok));
+  return c;
+}
+
+// Packets of one flow (guest port, host port) that the guest has seen so far, in order.
+std::vector<RxPacket> flow_packets(VsockGuest& g, uint32_t guest_port, uint32_t host_port) {
+  std::vector<RxPacket> out;
+  for (const auto& p : g.backlog())
+    if (p.hdr.dst_port == guest_port && p.hdr.src_port == host_port) out.push_back(p);
+  return out;
+}
+
+std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, Op o, uint32_t guest_port, int ms) {
+  return g.wait_rx([&](const RxPacket& p) { return p.hdr.op == op(o) && p.hdr.dst_port == guest_port; },
+                   std::min(ctx.remaining_ms(), ms));
+}
+
+// ---- config ----
+
+CONFORM_CASE(config_guest_cid,
+             .id = "vsock.config_guest_cid",
+             .requirements = {"VSOCK-CONFIG-CID", "VSOCK-CID-NOT-RESERVED", "VU-GET-CONFIG-SIZE"},
+             .summary = "GET_CONFIG returns the guest's CID: 8 bytes, not a reserved CID, upper 32 bits zero",
+             .device = "vsock",
+             .protocol_features = {pf::CONFIG}) {
+  ctx.handshake();
+  auto cfg = ctx.fe().get_config(0, vs::kConfigSize);
+  check(cfg.size() == vs::kConfigSize, "8 bytes of config", fmt::format("{} bytes", cfg.size()));
+  auto cid = vs::decode_config(cfg);
+  check(cid.ok(), "a decodable guest_cid", cid.ok() ? "" : cid.message());
+  check(!vs::is_reserved_cid(*cid), "a guest_cid that is not reserved (0, 1, 2, 0xffffffff, upper 32 bits set)",
+        fmt::format("guest_cid {:#x}", *cid));
+  // A driver may read the field in two 32-bit halves: the upper one is reserved and zero.
+  auto hi = ctx.fe().get_config(4, 4);
+  check(hi.size() == 4 && hi[0] == 0 && hi[1] == 0 && hi[2] == 0 && hi[3] == 0,
+        "GET_CONFIG offset 4 size 4 (guest_cid's upper 32 bits) reading 0",
+        fmt::format("{} bytes: {:02x}", hi.size(), fmt::join(hi, " ")));
+  if (ctx.cfg().target.mode == TargetMode::Spawn)
+    check(*cid == ctx.cid(), fmt::format("the guest_cid the back-end was started with ({})", ctx.cid()),
+          fmt::format("guest_cid {}", *cid));
+  else if (*cid != ctx.cid())
+    ctx.note(fmt::format("guest_cid {} differs from --cid {}", *cid, ctx.cid()));
+}
+
+// ---- streams ----
+
+CONFORM_CASE(stream_guest_to_host,
+             .id = "vsock.stream_guest_to_host",
+             .requirements = {"VSOCK-STREAM-DELIVERY", "VSOCK-CREDIT-RESPECT"},
+             .summary = "384 KiB from a guest-initiated stream reach the host program byte for byte, in order, once",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(8100);
+  auto host = open_stream(ctx, g, 8101, 8100, listener.get());
+  const std::string data = pattern(384 * 1024, 1);
+  std::string got;
+  {
+    std::jthread reader([&] { got = read_n(host.get(), data.size(), 4000); });
+    g.write(*g.conn(8101, 8100), data);
+  }
+  check(got == data, "the host to read the guest's 384 KiB exactly", first_difference(data, got));
+}
+
+CONFORM_CASE(stream_host_to_guest,
+             .id = "vsock.stream_host_to_guest",
+             .requirements = {"VSOCK-STREAM-DELIVERY", "VSOCK-CREDIT-RESPECT"},
+             .summary = "384 KiB from a host-initiated stream reach the guest byte for byte, in order, once",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto host = ctx.host().connect(8200);
+  GuestConn& c = accept_host(ctx, g, host.get(), 8200);
+  const std::string data = pattern(384 * 1024, 2);
+  bool written = false;
+  {
+    std::jthread writer([&] { written = write_for(host.get(), data, 4000); });
+    g.wait_until([&] { return c.received.size() >= data.size() || c.reset; }, std::min(ctx.remaining_ms(), 4000));
+  }
+  check(written, "the back-end to take the host program's 384 KiB", "the host socket stayed full");
+  check(c.received == data, "the guest to receive the host's 384 KiB exactly", first_difference(data, c.received));
+}
+
+// ---- credit ----
+
+CONFORM_CASE(credit_respected,
+             .id = "vsock.credit_respected",
+             .requirements = {"VSOCK-CREDIT-RESPECT", "VSOCK-STREAM-DELIVERY"},
+             .summary = "the host writes 256 KiB to a guest with a 16 KiB buf_alloc: never more RW bytes than the "
+                        "credit, and every byte arrives as credit returns",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  constexpr uint32_t kBufAlloc = 16 * 1024;
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto host = ctx.host().connect(8300);
+  GuestConn& c = accept_host(ctx, g, host.get(), 8300, kBufAlloc);
+  const std::string data = pattern(256 * 1024, 3);
+  // The guest hands credit back only by answering CREDIT_REQUEST (VsockGuest
+  // does so while it polls), so what the device may have in flight is
+  // buf_alloc past the fwd_cnt of the guest's latest answer.
+  uint32_t total = 0, told = 0;
+  std::string violation;
+  bool written = false;
+  {
+    std::jthread writer([&] { written = write_for(host.get(), data, 4000); });
+    const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms(), 4000));
+    while (c.received.size() < data.size() && !c.reset && Clock::now() < end && violation.empty()) {
+      for (const auto& p : g.poll_rx()) {
+        if (p.hdr.dst_port != 8300) continue;
+        if (p.hdr.op == op(Op::RW)) {
+          total += p.hdr.len;
+          if (total - told > kBufAlloc)
+            violation = fmt::format("{} RW bytes sent against a guest that had reported fwd_cnt {} with buf_alloc {}",
+                                    total, told, kBufAlloc);
+        } else if (p.hdr.op == op(Op::CREDIT_REQUEST)) {
+          told = total;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+  }
+  check(violation.empty(), "RW only while the guest has free buffer space", violation);
+  check(written, "the back-end to take the host program's 256 KiB", "the host socket stayed full");
+  check(c.received == data, "every byte once credit returned", first_difference(data, c.received));
+}
+
+CONFORM_CASE(credit_request_answered,
+             .id = "vsock.credit_request_answered",
+             .requirements = {"VSOCK-CREDIT-REQUEST", "VSOCK-CREDIT-FIELDS"},
+             .summary = "CREDIT_REQUEST on an open stream is answered with CREDIT_UPDATE",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(8400);
+  auto host = open_stream(ctx, g, 8401, 8400, listener.get());
+  g.backlog().clear();
+  g.send(g.hdr(Op::CREDIT_REQUEST, 8401, 8400));
+  auto p = wait_op(ctx, g, Op::CREDIT_UPDATE, 8401, 1000);
+  check(p.has_value(), "a CREDIT_UPDATE answering the guest's CREDIT_REQUEST", "nothing within 1 s");
+  check(p->hdr.buf_alloc > 0 && p->hdr.fwd_cnt == 0, "buf_alloc > 0 and fwd_cnt 0 (nothing sent yet)",
+        vs::describe(p->hdr));
+}
+
+CONFORM_CASE(credit_update_unasked,
+             .id = "vsock.credit_update_unasked",
+             .requirements = {"VSOCK-CREDIT-UPDATE"},
+             .summary = "a guest that never asks (as Linux) still gets credit back: 4x buf_alloc flows to the host",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(8500);
+  auto host = open_stream(ctx, g, 8501, 8500, listener.get());
+  GuestConn& c = *g.conn(8501, 8500);
+  check(c.peer_buf_alloc > 0, "a non-zero buf_alloc in the RESPONSE", "buf_alloc 0");
+  const size_t n = std::min<size_t>(4ull * c.peer_buf_alloc, 1u << 20);
+  const std::string data = pattern(n, 5);
+  std::string got;
+  {
+    std::jthread reader([&] { got = read_n(host.get(), data.size(), 3000); });
+    g.write(c, data);  // fails when no credit comes back within 2 s
+  }
+  check(got == data, fmt::format("the host to read all {} bytes", n), first_difference(data, got));
+}
+
+CONFORM_CASE(credit_fields_valid,
+             .id = "vsock.credit_fields_valid",
+             .requirements = {"VSOCK-CREDIT-FIELDS"},
+             .summary = "every packet of a stream carries buf_alloc > 0 and a fwd_cnt that never runs back or ahead "
+                        "of the bytes the guest sent",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(8600);
+  g.backlog().clear();
+  auto host = open_stream(ctx, g, 8601, 8600, listener.get());
+  GuestConn& c = *g.conn(8601, 8600);
+  const std::string up = pattern(100 * 1024, 6);
+  std::string got;
+  {
+    std::jthread reader([&] { got = read_n(host.get(), up.size(), 3000); });
+    g.write(c, up);
+  }
+  check(got == up, "the host to read the guest's 100 KiB", first_difference(up, got));
+  const std::string down = pattern(20 * 1024, 7);
+  check(write_for(host.get(), down, 2000), "the host socket to take 20 KiB", "full");
+  g.wait_until([&] { return c.received.size() >= down.size(); }, std::min(ctx.remaining_ms(), 2000));
+  check(c.received == down, "the guest to receive the host's 20 KiB", first_difference(down, c.received));
+  // Let the device report what it forwarded.
+  g.send(g.hdr(Op::CREDIT_REQUEST, 8601, 8600));
+  g.wait_until([&] { return false; }, ctx.cfg().quiet_window_ms);
+  auto pkts = flow_packets(g, 8601, 8600);
+  check(!pkts.empty(), "packets on the stream", "none");
+  uint32_t last = 0;
+  for (const auto& p : pkts) {
+    const auto& h = p.hdr;
+    check(h.type == vs::kTypeStream, "type STREAM on every packet of the stream", vs::describe(h));
+    check(h.buf_alloc > 0, "buf_alloc > 0 on every packet of the stream", vs::describe(h));
+    check(h.fwd_cnt - last < 0x80000000u, "fwd_cnt never going back", fmt::format("{} after {}: {}", h.fwd_cnt, last,
+                                                                                   vs::describe(h)));
+    check(h.fwd_cnt <= c.tx_cnt, fmt::format("fwd_cnt at most the {} bytes the guest sent", c.tx_cnt), vs::describe(h));
+    last = h.fwd_cnt;
+  }
+  check(last == c.tx_cnt, fmt::format("fwd_cnt {} once the host read everything", c.tx_cnt),
+        fmt::format("last fwd_cnt {}", last));
+}
+
+// ---- RST ----
+
+CONFORM_CASE(rst_unknown_connection,
+             .id = "vsock.rst_unknown_connection",
+             .requirements = {"VSOCK-RST-UNKNOWN-CONN"},
+             .summary = "RW and SHUTDOWN for a connection that does not exist are answered with RST",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  const std::string x = "no such connection";
+  g.send(g.hdr(Op::RW, 8701, 8700), {reinterpret_cast<const uint8_t*>(x.data()), x.size()});
+  auto p = wait_op(ctx, g, Op::RST, 8701, 1000);
+  check(p && p->hdr.src_port == 8700, "RST for an RW on no connection", p ? vs::describe(p->hdr) : "nothing in 1 s");
+  auto s = g.hdr(Op::SHUTDOWN, 8702, 8700);
+  s.flags = vs::kShutdownSend | vs::kShutdownRcv;
+  g.send(s);
+  p = wait_op(ctx, g, Op::RST, 8702, 1000);
+  check(p && p->hdr.src_port == 8700, "RST for a SHUTDOWN on no connection", p ? vs::describe(p->hdr) : "nothing in 1 s");
+}
+
+CONFORM_CASE(rst_closed_port,
+             .id = "vsock.rst_closed_port",
+             .requirements = {"VSOCK-RST-NO-LISTENER"},
+             .summary = "a REQUEST to a host port nobody listens on is answered with RST",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  ::unlink(fmt::format("{}_{}", ctx.host().uds(), 8800).c_str());
+  auto& c = g.connect(8801, 8800);
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 1000));
+  check(ok && c.reset, "RST for a REQUEST to a closed host port", c.established ? "RESPONSE" : "nothing in 1 s");
+}
+
+CONFORM_CASE(no_rst_for_rst,
+             .id = "vsock.no_rst_for_rst",
+             .requirements = {"VSOCK-RST-NOT-ANSWERED"},
+             .summary = "an RST for a flow that does not exist is not answered (cloud-hypervisor #8692)",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  g.send(g.hdr(Op::RST, 8901, 8900));
+  auto p = wait_op(ctx, g, Op::RST, 8901, ctx.cfg().quiet_window_ms);
+  check(!p, "no RST answering an RST", p ? vs::describe(p->hdr) : "");
+}
+
+CONFORM_CASE(rst_unknown_type,
+             .id = "vsock.rst_unknown_type",
+             .requirements = {"VSOCK-RST-UNKNOWN-TYPE"},
+             .summary = "a REQUEST with an unknown type (7) to a listening host port is answered with RST, not connected",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(9000);
+  auto h = g.hdr(Op::REQUEST, 9001, 9000);
+  h.type = 7;
+  g.send(h);
+  auto p = g.wait_rx([](const RxPacket& p) { return p.hdr.dst_port == 9001; }, std::min(ctx.remaining_ms(), 1000));
+  check(p && p->hdr.op == op(Op::RST), "RST for a packet of unknown type", p ? vs::describe(p->hdr) : "nothing in 1 s");
+  auto conn = accept_timeout(listener.get(), 0);
+  check(!conn.valid(), "no host connection for a packet of unknown type", "the back-end connected to the host port");
+}
+
+// ---- SHUTDOWN ----
+
+CONFORM_CASE(shutdown_guest_to_host,
+             .id = "vsock.shutdown_guest_to_host",
+             .requirements = {"VSOCK-SHUTDOWN"},
+             .summary = "the guest's SHUTDOWN(SEND) reaches the host as end of stream after the data; the other "
+                        "direction stays open",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(9100);
+  auto host = open_stream(ctx, g, 9101, 9100, listener.get());
+  GuestConn& c = *g.conn(9101, 9100);
+  g.write(c, "last words;");
+  auto s = g.hdr(Op::SHUTDOWN, 9101, 9100);
+  s.flags = vs::kShutdownSend;
+  g.send(s);
+  std::string got = read_n(host.get(), 11, std::min(ctx.remaining_ms(), 1000));
+  check(got == "last words;", "the data sent before SHUTDOWN", fmt::format("\"{}\"", got));
+  bool eof = false;
+  std::string more = read_some(host.get(), std::min(ctx.remaining_ms(), 1000), &eof);
+  check(eof && more.empty(), "end of stream on the host socket after the guest's SHUTDOWN(SEND)",
+        more.empty() ? "nothing within 1 s" : fmt::format("\"{}\"", more));
+  check(write_all(host.get(), "still open;"), "the host to write after the guest's half-close", "write failed");
+  bool ok = g.wait_until([&] { return c.received.size() >= 11 || c.reset; }, std::min(ctx.remaining_ms(), 1000));
+  check(ok && c.received == "still open;", "the guest to receive after its own SHUTDOWN(SEND)",
+        fmt::format("\"{}\"{}", c.received, c.reset ? " and RST" : ""));
+}
+
+CONFORM_CASE(shutdown_host_to_guest,
+             .id = "vsock.shutdown_host_to_guest",
+             .requirements = {"VSOCK-SHUTDOWN"},
+             .summary = "the host's shutdown(SHUT_WR) reaches the guest as SHUTDOWN with the SEND bit after the "
+                        "data; the other direction stays open",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto host = ctx.host().connect(9200);
+  GuestConn& c = accept_host(ctx, g, host.get(), 9200);
+  check(write_all(host.get(), "bye;"), "the host socket to take data", "write failed");
+  ::shutdown(host.get(), SHUT_WR);
+  bool ok = g.wait_until([&] { return (c.shutdown_flags & vs::kShutdownSend) || c.reset; },
+                         std::min(ctx.remaining_ms(), 1000));
+  check(ok && !c.reset, "SHUTDOWN with VIRTIO_VSOCK_SHUTDOWN_F_SEND after the host's shutdown(SHUT_WR)",
+        c.reset ? "RST" : "nothing within 1 s");
+  check(c.received == "bye;", "the data sent before the half-close, first", fmt::format("\"{}\"", c.received));
+  g.write(c, "reply;");
+  std::string got = read_n(host.get(), 6, std::min(ctx.remaining_ms(), 1000));
+  check(got == "reply;", "the host to read the guest's data after its own half-close", fmt::format("\"{}\"", got));
+}
+
+// ---- SEQPACKET ----
+
+vhu::UniqueFd listen_seqpacket(const std::string& path) {
+  ::unlink(path.c_str());
+  vhu::UniqueFd l(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  check(l.valid() && path.size() < sizeof a.sun_path, "a SOCK_SEQPACKET socket for " + path, std::strerror(errno));
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  check(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(l.get(), 4) == 0,
+        "to listen on " + path, std::strerror(errno));
+  return l;
+}
+
+std::string recv_message(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, ms) <= 0) return "(nothing)";
+  std::string buf(65536, '\0');
+  const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+  buf.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return buf;
+}
+
+CONFORM_CASE(seqpacket_boundaries,
+             .id = "vsock.seqpacket_boundaries",
+             .requirements = {"VSOCK-SEQPACKET-EOM"},
+             .summary = "SEQPACKET keeps message boundaries both ways (EOM on the last RW of each message)",
+             .device = "vsock",
+             .features = {vhu::feature::VSOCK_F_SEQPACKET}) {
+  QemuFrontend q = running(ctx);
+  if (!vhu::has_bit(q.acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
+    skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
+  auto& g = q.guest();
+  const std::string path = fmt::format("{}_{}", ctx.host().uds(), 9300);
+  auto listener = listen_seqpacket(path);
+  auto req = g.hdr(Op::REQUEST, 9301, 9300);
+  req.type = vs::kTypeSeqpacket;
+  GuestConn& c = g.conns()[{9301, 9300}];
+  c = GuestConn{};
+  c.local_port = 9301;
+  c.peer_port = 9300;
+  g.send(req);
+  auto host = accept_timeout(listener.get(), std::min(ctx.remaining_ms(), 2000));
+  check(host.valid(), "the back-end to connect to the SOCK_SEQPACKET listener " + path, "no connection");
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok && c.established, "a RESPONSE to the SEQPACKET REQUEST", c.reset ? "RST" : "nothing");
+  // Guest to host: a short message, then one that takes two RW packets.
+  const std::string m1 = pattern(100, 8), m2 = pattern(6000, 9);
+  auto send_msg = [&](const std::string& m) {
+    for (size_t off = 0; off < m.size();) {
+      const size_t n = std::min<size_t>(m.size() - off, VsockGuest::kBufSize - vs::kHdrSize);
+      auto h = g.hdr(Op::RW, 9301, 9300);
+      h.type = vs::kTypeSeqpacket;
+      if (off + n == m.size()) h.flags = vs::kSeqEom;
+      g.send(h, {reinterpret_cast<const uint8_t*>(m.data() + off), n});
+      c.tx_cnt += static_cast<uint32_t>(n);
+      off += n;
+    }
+  };
+  send_msg(m1);
+  send_msg(m2);
+  std::string r1 = recv_message(host.get(), std::min(ctx.remaining_ms(), 1000));
+  std::string r2 = recv_message(host.get(), std::min(ctx.remaining_ms(), 1000));
+  check(r1 == m1 && r2 == m2, "the host to receive the guest's two messages (100 and 6000 bytes) as two messages",
+        fmt::format("{} and {} bytes", r1.size(), r2.size()));
+  // Host to guest: the guest rebuilds messages from EOM.
+  const std::string h1 = pattern(50, 10), h2 = pattern(5000, 11);
+  check(::send(host.get(), h1.data(), h1.size(), 0) == static_cast<ssize_t>(h1.size()) &&
+            ::send(host.get(), h2.data(), h2.size(), 0) == static_cast<ssize_t>(h2.size()),
+        "the host to send two messages", std::strerror(errno));
+  g.backlog().clear();
+  g.wait_until([&] { return c.received.size() >= h1.size() + h2.size() || c.reset; },
+               std::min(ctx.remaining_ms(), 2000));
+  std::vector<std::string> msgs(1);
+  for (const auto& p : flow_packets(g, 9301, 9300)) {
+    if (p.hdr.op != op(Op::RW)) continue;
+    check(p.hdr.type == vs::kTypeSeqpacket, "type SEQPACKET on the connection's RW packets", vs::describe(p.hdr));
+    msgs.back().append(p.data.begin(), p.data.end());
+    if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+  }
+  std::string seen;
+  for (size_t i = 0; i + 1 < msgs.size(); ++i) seen += fmt::format("{}{}", i ? ", " : "", msgs[i].size());
+  check(msgs.size() == 3 && msgs[0] == h1 && msgs[1] == h2 && msgs[2].empty(),
+        "two messages of 50 and 5000 bytes, each ended by EOM",
+        fmt::format("EOM-terminated messages of [{}] bytes, {} bytes without EOM", seen, msgs.back().size()));
+}
+
+// ---- addressing ----
+
+CONFORM_CASE(spoofed_src_cid_dropped,
+             .id = "vsock.spoofed_src_cid_dropped",
+             .requirements = {"VSOCK-SRC-CID"},
+             .summary = "a REQUEST whose src_cid is not the guest's CID is dropped: no host connection, no answer",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(9400);
+  auto h = g.hdr(Op::REQUEST, 9401, 9400);
+  h.src_cid = ctx.cid() + 100;
+  g.send(h);
+  auto p = g.wait_rx([](const RxPacket& p) { return p.hdr.dst_port == 9401; }, ctx.cfg().quiet_window_ms);
+  auto conn = accept_timeout(listener.get(), 0);
+  check(!conn.valid(), fmt::format("no host connection for a REQUEST from CID {} (the guest is {})", h.src_cid, ctx.cid()),
+        "the back-end connected to the host port");
+  check(!p || p->hdr.op == op(Op::RST), "no RESPONSE to a spoofed REQUEST", p ? vs::describe(p->hdr) : "");
+  // The guest's own REQUEST on the same ports still works.
+  auto host = open_stream(ctx, g, 9401, 9400, listener.get());
+}
+
+CONFORM_CASE(outside_groups_refused,
+             .id = "vsock.outside_groups_refused",
+             .requirements = {"VSOCK-DST-CID-REFUSED", "VSOCK-RST-NO-LISTENER"},
+             .summary = "a REQUEST to a CID that is neither the host nor a sibling in the guest's groups gets RST "
+                        "and reaches nobody",
+             .device = "vsock") {
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(9500);
+  // A CID no test set-up gives a VM: the guest's own plus a large offset.
+  const uint64_t other = (ctx.cid() + 0x3c000000u) & 0x7fffffffu;
+  auto h = g.hdr(Op::REQUEST, 9501, 9500);
+  h.dst_cid = other;
+  g.send(h);
+  auto p = g.wait_rx([](const RxPacket& p) { return p.hdr.dst_port == 9501; }, std::min(ctx.remaining_ms(), 1000));
+  auto conn = accept_timeout(listener.get(), 0);
+  check(!conn.valid(), fmt::format("nobody reached through CID {}", other), "the host program on port 9500 was connected");
+  check(p && p->hdr.op == op(Op::RST), fmt::format("RST for a REQUEST to CID {}", other),
+        p ? vs::describe(p->hdr) : "nothing in 1 s");
+}
+
+// ---- resources ----
+
+uint64_t vm_rss_kib(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  return 0;
+}
+
+CONFORM_CASE(ignored_credit_bounded,
+             .id = "vsock.ignored_credit_bounded",
+             .requirements = {"VSOCK-BOUNDED-RESOURCES", "VSOCK-CREDIT-RESPECT"},
+             .summary = "a guest that ignores credit and pushes 16 MiB at a host that never reads cannot make the "
+                        "back-end's resident memory grow by more than 8 MiB",
+             .device = "vsock",
+             .timeout_ms = 15000) {
+  if (!ctx.backend().spawned())
+    skip("the back-end's resident memory is only visible when the runner spawns it (--spawn/--profile), not with "
+         "--connect/--listen");
+  QemuFrontend q = running(ctx);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(9600);
+  auto host = open_stream(ctx, g, 9601, 9600, listener.get());  // the host never reads
+  const uint64_t rss0 = vm_rss_kib(ctx.backend().pid());
+  check(rss0 > 0, "VmRSS in /proc/<pid>/status of the back-end", "not readable");
+  const std::string chunk = pattern(VsockGuest::kBufSize - vs::kHdrSize, 12);
+  const size_t packets = (16u << 20) / chunk.size();
+  size_t sent = 0;
+  for (; sent < packets; ++sent) {
+    // Room on tx, or the back-end has stopped taking tx (allowed: "further
+    // processing is not possible"), which ends the push.
+    if (g.tx().dq().num_free() == 0 && !g.wait_until([&] { return g.tx().dq().num_free() > 0; }, 300)) break;
+    g.poll_rx();
+    g.send(g.hdr(Op::RW, 9601, 9600), {reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()});
+  }
+  g.wait_until([&] { return false; }, ctx.cfg().quiet_window_ms);
+  const uint64_t rss1 = vm_rss_kib(ctx.backend().pid());
+  ctx.note(fmt::format("pushed {} KiB ignoring credit; VmRSS {} -> {} KiB", sent * chunk.size() / 1024, rss0, rss1));
+  check(rss1 < rss0 + 8 * 1024, "resident memory bounded against a guest ignoring credit (growth < 8 MiB)",
+        fmt::format("VmRSS grew from {} to {} KiB after {} KiB pushed", rss0, rss1, sent * chunk.size() / 1024));
+  ctx.expect_alive("after a guest ignored credit");
+}
+
+}  // namespace
+}  // namespace conform
