@@ -81,6 +81,7 @@
   X(connect_before_config_read, "delivers host CONNECTs right after TRANSPORT_RESET, before the config re-read") \
   X(activate_on_early_config_read, "a config read before TRANSPORT_RESET was sent activates the device") \
   X(wait_for_event_ring, "after a load, stays inactive until it gets the event ring, even if it never comes") \
+  X(no_event_ring_grace, "after a load, decides the front-end keeps the event ring as soon as rx and tx run") \
   X(spurious_transport_reset, "sends TRANSPORT_RESET without any load")                              \
   X(reset_keeps_pending_transport_reset, "a device reset leaves a pending TRANSPORT_RESET in place")  \
   X(hang_on_truncated_header, "a front-end that closes inside a message is never dropped; no new one is served") \

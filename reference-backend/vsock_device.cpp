@@ -91,6 +91,8 @@ void VsockDevice::reset() {
   relay_.clear();
   relay_bytes_ = 0;
   held_.clear();  // the host programs see EOF instead of OK
+  if (event_ring_timer_) loop_.cancel_timer(event_ring_timer_);
+  event_ring_timer_ = 0;
   if (!VSOCKREF_FAULT(reset_keeps_pending_transport_reset)) reset_state_ = ResetState::None;
 }
 
@@ -114,16 +116,31 @@ void VsockDevice::loaded(const DeviceState&) {
 
 void VsockDevice::rings_changed() {
   if (reset_state_ != ResetState::Pending || VSOCKREF_FAULT(wait_for_event_ring)) return;
-  // The start sequence is over (rx and tx running) and the front-end never
-  // handed us the event ring: it keeps that queue and sends TRANSPORT_RESET
-  // itself, as QEMU does for vhost-vsock. Waiting longer would leave the
-  // device inactive forever, so this is the activation point.
-  if (io_.ring_usable(vs::kRxQueue) && io_.ring_usable(vs::kTxQueue) && !io_.ring_started(vs::kEventQueue)) {
-    VLOG(Info, "{}: rx and tx started without the event ring: the front-end owns TRANSPORT_RESET; device active",
-         opts_.name);
-    reset_state_ = ResetState::None;
-    admit_held();
+  // rx and tx run and the event ring has not been handed over. QEMU never
+  // will (it keeps that queue and sends TRANSPORT_RESET itself); crosvm sets
+  // the queues up one after another and hands it over a moment later. So the
+  // device activates only if the event ring stays away for kEventRingGrace:
+  // never inactive for good, and crosvm's restore still gets its event.
+  if (io_.ring_started(vs::kEventQueue)) {
+    if (event_ring_timer_) loop_.cancel_timer(event_ring_timer_);
+    event_ring_timer_ = 0;
+    return;
   }
+  if (io_.ring_usable(vs::kRxQueue) && io_.ring_usable(vs::kTxQueue) && !event_ring_timer_)
+    event_ring_timer_ = loop_.add_timer(VSOCKREF_FAULT(no_event_ring_grace) ? std::chrono::milliseconds(0) : kEventRingGrace, [this] {
+      event_ring_timer_ = 0;
+      activate_without_event_ring();
+    });
+}
+
+void VsockDevice::activate_without_event_ring() {
+  if (reset_state_ != ResetState::Pending || io_.ring_started(vs::kEventQueue)) return;
+  if (!io_.ring_usable(vs::kRxQueue) || !io_.ring_usable(vs::kTxQueue)) return;
+  VLOG(Info, "{}: rx and tx run and no event ring came within {} ms: the front-end owns TRANSPORT_RESET; device active",
+       opts_.name, kEventRingGrace.count());
+  reset_state_ = ResetState::None;
+  admit_held();
+  io_.request_processing();
 }
 
 void VsockDevice::config_read() {

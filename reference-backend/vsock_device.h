@@ -134,6 +134,12 @@ class VsockDevice {
   Router* router_;
   uint64_t features_ = 0;
   ResetState reset_state_ = ResetState::None;
+  // Pending with rx and tx running but no event ring: QEMU keeps the event
+  // queue for good, crosvm hands it over right after rx and tx. Waiting this
+  // long tells them apart (README, "Transport reset after a load").
+  static constexpr std::chrono::milliseconds kEventRingGrace{300};
+  EventLoop::TimerId event_ring_timer_ = 0;
+  void activate_without_event_ring();
 
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> conns_;
   std::unordered_map<ConnKey, uint64_t, ConnKeyHash> by_key_;

@@ -262,6 +262,47 @@ CONFORM_CASE(frontend_keeps_event_ring,
   exchange(ctx, g, *g.conn(kGuestPort, kHostPort), host.get(), "after a restore without the event ring");
 }
 
+// crosvm activates its queues one after another, each set up and enabled
+// before the next is touched, so rx and tx run a moment before the event ring
+// arrives. A back-end that takes "rx and tx running without the event ring"
+// to mean the front-end keeps that queue (QEMU) must not decide so at once.
+CONFORM_CASE(queues_one_after_another,
+             .id = "transport_reset.queues_one_after_another",
+             .requirements = {"VSOCK-RESET-EVENT", "VSOCK-RESET-NOTHING-BEFORE-EVENT"},
+             .summary = "after a load, rings 0, 1 and 2 each set up and enabled in turn (crosvm's order): "
+                        "TRANSPORT_RESET still comes, before any rx packet",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE},
+             .timeout_ms = 10000) {
+  constexpr uint32_t kHostPort = 7600, kGuestPort = 7601;
+  auto listener = ctx.host().listen(kHostPort);
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.post_rx_buffers();
+  auto& c = g.connect(kGuestPort, kHostPort);
+  auto& f = ctx.fe();
+  f.set_ack_policy(Frontend::AckPolicy::Always);
+  f.set_features(acked);
+  f.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
+  ev.post(1);
+  for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
+    if (r == &ev.queue()) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // crosvm's next activation
+    f.set_vring_num(r->index(), r->size());
+    f.set_vring_base(r->index(), 0);
+    f.set_vring_addr(r->addr());
+    f.set_vring_fd(FrontendReq::SET_VRING_CALL, r->index(), r->call_fd());
+    r->new_kick_fd(true);
+    f.set_vring_fd(FrontendReq::SET_VRING_KICK, r->index(), r->kick_fd());
+    if (f.acked_protocol) f.set_vring_enable(r->index(), true);
+  }
+  expect_event_first(ctx, g, ev, 0);
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok, "an answer (RESPONSE or RST) to the guest's REQUEST after the event", "nothing");
+}
+
 CONFORM_CASE(device_reset_clears_pending,
              .id = "transport_reset.device_reset_clears_pending",
              .requirements = {"VSOCK-RESET-EVENT", "VU-RESET-DEVICE"},
