@@ -144,8 +144,9 @@ void Ctx::expect_alive(const std::string& after) {
 std::string Ctx::negotiated() const {
   if (!fe_) return "(no connection)";
   std::string s;
-  if (fe_->offered_features) s += "offered features " + vf_text(*fe_->offered_features) + "; ";
-  if (fe_->acked_features) s += "acked features " + vf_text(*fe_->acked_features) + "; ";
+  const bool vsock = cfg_.target.device == "vsock";
+  if (fe_->offered_features) s += "offered features " + vf_text(*fe_->offered_features, vsock) + "; ";
+  if (fe_->acked_features) s += "acked features " + vf_text(*fe_->acked_features, vsock) + "; ";
   if (fe_->offered_protocol) s += "offered protocol features " + pf_text(*fe_->offered_protocol) + "; ";
   if (fe_->acked_protocol) s += "acked protocol features " + pf_text(*fe_->acked_protocol);
   return s.empty() ? "(none)" : s;

@@ -17,7 +17,9 @@ using vhu::FrontendReq;
 using vhu::Message;
 
 std::string pf_text(uint64_t mask) { return fmt::format("{:#x} ({})", mask, vhu::protocol_features_string(mask)); }
-std::string vf_text(uint64_t mask) { return fmt::format("{:#x} ({})", mask, vhu::virtio_features_string(mask)); }
+std::string vf_text(uint64_t mask, bool vsock) {
+  return fmt::format("{:#x} ({})", mask, vhu::virtio_features_string(mask, vsock));
+}
 
 namespace {
 uint32_t id(FrontendReq r) { return static_cast<uint32_t>(r); }

@@ -104,8 +104,9 @@ class Frontend {
   AckPolicy policy_ = AckPolicy::Qemu72;
 };
 
-// "0x8 (REPLY_ACK)"-style text for failure messages.
+// "0x8 (REPLY_ACK)"-style text for failure messages. Device feature bits
+// (0-23) are named for vsock only; for other devices they print as "bit N".
 std::string pf_text(uint64_t mask);
-std::string vf_text(uint64_t mask);
+std::string vf_text(uint64_t mask, bool vsock);
 
 }  // namespace conform

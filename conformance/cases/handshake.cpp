@@ -26,7 +26,7 @@ CONFORM_CASE(offers_protocol_features,
              .summary = "GET_FEATURES offers VHOST_USER_F_PROTOCOL_FEATURES (bit 30)") {
   uint64_t f = ctx.fe().get_features();
   check(vhu::has_bit(f, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES),
-        "VHOST_USER_F_PROTOCOL_FEATURES (bit 30) offered", "features " + vf_text(f));
+        "VHOST_USER_F_PROTOCOL_FEATURES (bit 30) offered", "features " + vf_text(f, ctx.cfg().target.device == "vsock"));
 }
 
 CONFORM_CASE(protocol_features_before_set_features,

@@ -92,11 +92,33 @@ bool expect_survived(Ctx& ctx, const std::string& what) {
   return false;
 }
 
-void expect_fresh_connection_works(Ctx& ctx, const std::string& after) {
+uint8_t ring_index_past_device(Ctx& ctx) {
+  auto& fe = ctx.fe();
+  if (!fe.protocol_negotiated(vhu::protocol_feature::MQ)) return 255;
+  const uint64_t n = fe.get_queue_num();
+  // DPDK and QEMU's vhost-net read the count as queue pairs, libvhost-user and
+  // rust-vmm as queues: twice it is past the last ring under either reading.
+  if (n >= 128)
+    skip(fmt::format("GET_QUEUE_NUM says {} queues: with two rings each no ring index below 256 is out of range, "
+                     "and the u64 form of SET_VRING_KICK/CALL/ERR carries the index in 8 bits",
+                     n));
+  return static_cast<uint8_t>(2 * n);
+}
+
+Frontend& fresh_connection_or_skip(Ctx& ctx, const std::string& after) {
   std::string why;
   Frontend* f = ctx.reconnect(&why);
+  // A crash is a failure whether or not the back-end would have taken another
+  // front-end; a sanitizer report on stderr fails the case in the runner.
   check(!ctx.backend().crashed(), "the back-end to survive " + after, ctx.backend().status_text());
-  check(f != nullptr, "a new front-end connection accepted " + after, why);
+  // VU-RECONNECT is a MAY: a back-end that serves one front-end and exits
+  // (virtiofsd) cannot be checked further, which is not a failure.
+  if (!f) skip("back-end does not accept a new connection " + after + " (reconnection is optional): " + why);
+  return *f;
+}
+
+void expect_fresh_connection_works(Ctx& ctx, const std::string& after) {
+  fresh_connection_or_skip(ctx, after);
   if (ctx.cfg().target.device != "vsock") {
     ctx.handshake();
     return;

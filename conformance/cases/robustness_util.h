@@ -45,7 +45,16 @@ void expect_no_stray_writes(Ctx& ctx, const RamSnapshot& snap, const std::vector
 // connection or it still answers on it. Returns true when it closed.
 bool expect_survived(Ctx& ctx, const std::string& what);
 
-// A new front-end connection gets a full QEMU start and moves tx buffers:
+// A ring index the back-end does not have, for requests meant to be refused:
+// 255 unless MQ is negotiated, else past what GET_QUEUE_NUM declares (the case
+// is skipped when that leaves no 8-bit index).
+uint8_t ring_index_past_device(Ctx& ctx);
+
+// A new front-end connection, or the case skipped when the back-end takes no
+// more (it did not crash): accepting another front-end is optional.
+Frontend& fresh_connection_or_skip(Ctx& ctx, const std::string& after);
+
+// A new front-end connection (else the case is skipped, as above) gets a full QEMU start and moves tx buffers:
 // whatever happened on the old connection left the back-end serving.
 void expect_fresh_connection_works(Ctx& ctx, const std::string& after);
 

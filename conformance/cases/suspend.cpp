@@ -122,8 +122,10 @@ CONFORM_CASE(answers_frontend,
   auto& fe = ctx.fe();
   const uint64_t offered = fe.offered_features.value_or(0);
   const uint64_t f = fe.get_features();
-  check(f == offered, fmt::format("GET_FEATURES while suspended: the features offered before, {}", vf_text(offered)),
-        vf_text(f));
+  const bool vsock = ctx.cfg().target.device == "vsock";
+  check(f == offered,
+        fmt::format("GET_FEATURES while suspended: the features offered before, {}", vf_text(offered, vsock)),
+        vf_text(f, vsock));
   if (fe.offered_protocol) {
     const uint64_t before = *fe.offered_protocol;
     const uint64_t p = fe.get_protocol_features();

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "common.h"
+#include "robustness_util.h"
 
 namespace conform {
 namespace {
@@ -40,18 +41,21 @@ CONFORM_CASE(num_too_large,
 CONFORM_CASE(index_out_of_range,
              .id = "vrings.index_out_of_range",
              .requirements = {"VU-REPLY-ACK-VALUE", "VU-ERROR-CLOSE"},
-             .summary = "ring index 255 in SET_VRING_NUM, SET_VRING_CALL and GET_VRING_BASE is refused; no crash") {
+             .summary = "a ring index the back-end lacks (255, or past GET_QUEUE_NUM with MQ) in SET_VRING_NUM, "
+                        "SET_VRING_CALL and GET_VRING_BASE is refused; no crash") {
   ctx.handshake();
-  if (expect_refused(ctx, Message::request_with(req(FrontendReq::SET_VRING_NUM), vhu::VringState{255, 64}),
-                     "SET_VRING_NUM index=255"))
+  const unsigned idx = ring_index_past_device(ctx);
+  if (expect_refused(ctx, Message::request_with(req(FrontendReq::SET_VRING_NUM), vhu::VringState{idx, 64}),
+                     fmt::format("SET_VRING_NUM index={}", idx)))
     return;
-  Message call = Message::request_with(req(FrontendReq::SET_VRING_CALL), uint64_t{255});
+  Message call = Message::request_with(req(FrontendReq::SET_VRING_CALL), uint64_t{idx});
   call.fds.push_back(make_eventfd());
-  if (expect_refused(ctx, std::move(call), "SET_VRING_CALL index=255")) return;
+  if (expect_refused(ctx, std::move(call), fmt::format("SET_VRING_CALL index={}", idx))) return;
   // GET_VRING_BASE has its own reply: any reply or a close, but no crash.
-  auto o = ctx.fe().try_request(Message::request_with(req(FrontendReq::GET_VRING_BASE), vhu::VringState{255, 0}));
-  check(!ctx.backend().crashed(), "the back-end to survive GET_VRING_BASE index=255", ctx.backend().status_text());
-  if (o.kind != Outcome::Closed) ctx.expect_alive("after GET_VRING_BASE index=255");
+  auto o = ctx.fe().try_request(Message::request_with(req(FrontendReq::GET_VRING_BASE), vhu::VringState{idx, 0}));
+  check(!ctx.backend().crashed(), fmt::format("the back-end to survive GET_VRING_BASE index={}", idx),
+        ctx.backend().status_text());
+  if (o.kind != Outcome::Closed) ctx.expect_alive(fmt::format("after GET_VRING_BASE index={}", idx));
 }
 
 CONFORM_CASE(addr_outside_memory,
