@@ -87,6 +87,16 @@ void restore(Ctx& ctx, QemuFrontend& q) {
   load_device_state(ctx, blob);
 }
 
+// One ring set up from base 0 and handed over with a pre-signalled kick.
+void hand_over(Frontend& f, GuestQueue& r) {
+  f.set_vring_num(r.index(), r.size());
+  f.set_vring_base(r.index(), 0);
+  f.set_vring_addr(r.addr());
+  f.set_vring_fd(FrontendReq::SET_VRING_CALL, r.index(), r.call_fd());
+  r.new_kick_fd(true);
+  f.set_vring_fd(FrontendReq::SET_VRING_KICK, r.index(), r.kick_fd());
+}
+
 // Every ring handed over, the event ring included, as crosvm does. The event
 // ring is enabled before rx and tx, so that a back-end which decides from
 // the start sequence whether the front-end keeps the event queue (README of
@@ -99,12 +109,7 @@ void start_all_rings(Ctx& ctx, QemuFrontend& q, EventRing& ev, uint64_t acked) {
   f.set_features(acked);
   f.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
   for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
-    f.set_vring_num(r->index(), r->size());
-    f.set_vring_base(r->index(), 0);
-    f.set_vring_addr(r->addr());
-    f.set_vring_fd(FrontendReq::SET_VRING_CALL, r->index(), r->call_fd());
-    r->new_kick_fd(true);
-    f.set_vring_fd(FrontendReq::SET_VRING_KICK, r->index(), r->kick_fd());
+    hand_over(f, *r);
   }
   if (f.acked_protocol)
     for (GuestQueue* r : {&ev.queue(), &g.rx(), &g.tx()}) f.set_vring_enable(r->index(), true);
@@ -290,12 +295,7 @@ CONFORM_CASE(queues_one_after_another,
   ev.post(1);
   for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
     if (r == &ev.queue()) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // crosvm's next activation
-    f.set_vring_num(r->index(), r->size());
-    f.set_vring_base(r->index(), 0);
-    f.set_vring_addr(r->addr());
-    f.set_vring_fd(FrontendReq::SET_VRING_CALL, r->index(), r->call_fd());
-    r->new_kick_fd(true);
-    f.set_vring_fd(FrontendReq::SET_VRING_KICK, r->index(), r->kick_fd());
+    hand_over(f, *r);
     if (f.acked_protocol) f.set_vring_enable(r->index(), true);
   }
   expect_event_first(ctx, g, ev, 0);
