@@ -301,7 +301,9 @@ void Backend::on_kick(unsigned q, uint32_t events) {
   }
   if (!r.started) start_ring(q);
   if (r.enabled) {
-    r.kick_lost = false;
+    // Only a kick read here clears the fault's mark: the epoll batch may still
+    // hold a stale event for the kick SET_VRING_ENABLE already swallowed.
+    if (n == sizeof v) r.kick_lost = false;
   } else if (VSOCKREF_FAULT(lose_kick_before_enable)) {
     r.kick_lost = true;
   }
