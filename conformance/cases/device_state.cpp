@@ -4,24 +4,18 @@
 // a save on one back-end loaded into a fresh one that then carries traffic, in
 // QEMU 10's order (shared/traces/qemu-10.0-vhost-user-fs-migrate-restore.txt)
 // and in another a front-end may use.
-#include <fcntl.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-#include <unistd.h>
-
 #include <fmt/format.h>
 
-#include <cstring>
+#include <array>
+#include <memory>
 #include <random>
 
 #include "common.h"
+#include "state_transfer.h"
 
 namespace conform {
 namespace {
 
-using vhu::FrontendReq;
-using vhu::Message;
 namespace pf = vhu::protocol_feature;
 namespace vs = vhu::vsock;
 
@@ -38,179 +32,6 @@ QemuOptions qemu10(bool mem_slots = true) {
   return o;
 }
 
-struct Pipe {
-  vhu::UniqueFd rd, wr;
-};
-
-Pipe make_pipe() {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
-  return {vhu::UniqueFd(p[0]), vhu::UniqueFd(p[1])};
-}
-
-struct StateFdReply {
-  bool closed = false;  // the back-end closed the connection instead of answering
-  uint64_t value = 0;
-  vhu::UniqueFd fd;     // the back-end's own channel end, when it sent one
-  bool error() const { return (value & vhu::kDeviceStateErrorMask) != 0; }
-};
-
-// SET_DEVICE_STATE_FD and its reply, whose shape is checked whatever the
-// verdict: 8 bytes, the reply flag, the request echoed, at most one fd; an
-// error with bit 8 and no fd; a success with an fd exactly when bit 8 is clear.
-StateFdReply set_state_fd(Ctx& ctx, uint32_t direction, uint32_t phase, vhu::UniqueFd fd, bool close_ok = false) {
-  auto& fe = ctx.fe();
-  const uint32_t id = req(FrontendReq::SET_DEVICE_STATE_FD);
-  const std::string what = fmt::format("SET_DEVICE_STATE_FD(direction {}, phase {}{})", direction, phase,
-                                       fd ? "" : ", no fd");
-  StateFdReply out;
-  {
-    Message m = Message::request_with(id, vhu::DeviceStateParams{direction, phase});
-    if (fd) m.fds.push_back(std::move(fd));
-    auto s = fe.try_send(m);
-    // Our copy of the channel end closes here: the EOF the other side waits
-    // for depends on it.
-    if (!s) {
-      if (close_ok) {
-        out.closed = true;
-        return out;
-      }
-      fail(fmt::format("the back-end to accept {}", what), "send failed: " + s.message());
-    }
-  }
-  const int ms = fe.wait_ms();
-  auto r = fe.try_recv(ms);
-  if (!r) {
-    if (r.error().kind == vhu::ErrorKind::Closed && close_ok) {
-      out.closed = true;
-      return out;
-    }
-    fail(fmt::format("a reply to {} within {} ms", what, ms),
-         r.error().kind == vhu::ErrorKind::Timeout ? "nothing" : r.message());
-  }
-  Message rep = std::move(r).value();
-  if (auto v = vhu::check_header_version(rep); !v) fail("a reply to " + what + " with a valid header", v.message());
-  check(rep.is_reply(), "the reply to " + what + " with the reply flag (bit 2)", fmt::format("flags {:#x}", rep.hdr.flags));
-  check(rep.hdr.request == id, fmt::format("the reply to {} carrying request id {}", what, id),
-        fmt::format("request id {}", rep.hdr.request));
-  check(rep.payload.size() == 8, "a u64 reply (8 bytes) to " + what, fmt::format("{} payload bytes", rep.payload.size()));
-  check(rep.fds.size() <= 1, "at most one fd with the reply to " + what, fmt::format("{} fds", rep.fds.size()));
-  std::memcpy(&out.value, rep.payload.data(), 8);
-  const bool invalid_fd = (out.value & vhu::kDeviceStateInvalidFd) != 0;
-  if (out.error()) {
-    check(rep.fds.empty(), fmt::format("no fd with the error reply {:#x} to {}", out.value, what),
-          fmt::format("{} fd attached", rep.fds.size()));
-    check(invalid_fd, fmt::format("bit 8 (invalid FD) set in the error reply to {}, as no fd comes", what),
-          fmt::format("{:#x}", out.value));
-  } else {
-    check(invalid_fd == rep.fds.empty(),
-          fmt::format("bit 8 (invalid FD) set exactly when no fd comes with the reply to {}", what),
-          fmt::format("{:#x} with {} fd(s)", out.value, rep.fds.size()));
-    if (!rep.fds.empty()) out.fd = std::move(rep.fds[0]);
-  }
-  return out;
-}
-
-// Error with bit 8 and no fd (set_state_fd checked the shape), or the connection closed.
-void expect_state_fd_refused(Ctx& ctx, uint32_t direction, uint32_t phase, vhu::UniqueFd fd, const std::string& why) {
-  auto r = set_state_fd(ctx, direction, phase, std::move(fd), true);
-  if (r.closed) {
-    check(!ctx.backend().crashed(), "the back-end to survive " + why, ctx.backend().status_text());
-    ctx.note("the back-end closed the connection on " + why + " (allowed)");
-    return;
-  }
-  check(r.error(), fmt::format("an error (bits 0-7 non-zero) for {}", why), fmt::format("{:#x}: success", r.value));
-  ctx.expect_alive("after " + why);
-}
-
-uint64_t check_state(Ctx& ctx) {
-  auto& fe = ctx.fe();
-  const uint32_t id = req(FrontendReq::CHECK_DEVICE_STATE);
-  fe.send(Message::empty(id));
-  Message r = fe.expect_reply(id, "the reply to CHECK_DEVICE_STATE");
-  auto v = vhu::payload_u64(vhu::Plane::Frontend, r);
-  check(v.ok(), "a u64 reply (8 bytes) to CHECK_DEVICE_STATE", fmt::format("{} payload bytes", r.payload.size()));
-  return *v;
-}
-
-// The front-end's end of a save: everything up to EOF.
-std::vector<uint8_t> read_to_eof(Ctx& ctx, int fd) {
-  std::vector<uint8_t> out;
-  const int ms = std::min(ctx.remaining_ms(), 2000);
-  const auto end = Clock::now() + std::chrono::milliseconds(ms);
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
-    pollfd p{fd, POLLIN, 0};
-    if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0)
-      fail(fmt::format("the back-end to write its state and close its end of the channel within {} ms", ms),
-           fmt::format("{} bytes and no end of file", out.size()));
-    uint8_t buf[4096];
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n == 0) return out;
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("the saved state readable from the channel", std::strerror(errno));
-    out.insert(out.end(), buf, buf + n);
-  }
-}
-
-// The front-end's end of a load: writes `blob` and closes. A back-end that
-// stops reading (too much, or garbage) ends the write early; CHECK judges.
-bool write_and_close(Ctx& ctx, vhu::UniqueFd fd, std::span<const uint8_t> blob) {
-  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
-  // A reader that closed its end raises SIGPIPE in the writing thread: keep
-  // it from ending the runner, and take it off this thread before unblocking.
-  sigset_t pipe_sig, old;
-  sigemptyset(&pipe_sig);
-  sigaddset(&pipe_sig, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_sig, &old);
-  size_t off = 0;
-  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms(), 2000));
-  while (off < blob.size()) {
-    const ssize_t n = ::write(fd.get(), blob.data() + off, blob.size() - off);
-    if (n > 0) {
-      off += static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
-      pollfd p{fd.get(), POLLOUT, 0};
-      if (left > 0 && ::poll(&p, 1, static_cast<int>(left)) > 0) continue;
-    }
-    break;  // EPIPE, or the back-end stopped reading
-  }
-  timespec zero{};
-  while (sigtimedwait(&pipe_sig, nullptr, &zero) > 0) {
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  return off == blob.size();
-}
-
-// Save on a suspended device: the state up to EOF, and CHECK 0.
-std::vector<uint8_t> save(Ctx& ctx) {
-  Pipe p = make_pipe();
-  auto r = set_state_fd(ctx, vhu::kTransferSave, vhu::kPhaseStopped, std::move(p.wr));
-  check(!r.error(), "SET_DEVICE_STATE_FD(save, stopped) accepted on a suspended device",
-        fmt::format("error {:#x}", r.value));
-  // "When this flag is not set, the front-end must use the returned file descriptor".
-  vhu::UniqueFd in = r.fd ? std::move(r.fd) : std::move(p.rd);
-  auto blob = read_to_eof(ctx, in.get());
-  const uint64_t c = check_state(ctx);
-  check(c == 0, "CHECK_DEVICE_STATE 0 after a complete save", fmt::format("{:#x}", c));
-  return blob;
-}
-
-// Load `blob`; QEMU's order: the request, then the data and the close, then
-// CHECK at once, while the back-end may still be reading. Returns CHECK's value.
-uint64_t load(Ctx& ctx, std::span<const uint8_t> blob) {
-  Pipe p = make_pipe();
-  auto r = set_state_fd(ctx, vhu::kTransferLoad, vhu::kPhaseStopped, std::move(p.rd));
-  check(!r.error(), "SET_DEVICE_STATE_FD(load, stopped) accepted on a suspended device",
-        fmt::format("error {:#x}", r.value));
-  write_and_close(ctx, r.fd ? std::move(r.fd) : std::move(p.wr), blob);
-  return check_state(ctx);
-}
-
 // QEMU 10's migration source: boot, guest traffic, QEMU's stop, save.
 struct Source {
   std::vector<uint8_t> blob;
@@ -224,7 +45,7 @@ Source run_source(Ctx& ctx, QemuOptions o = qemu10()) {
   tx_consume(ctx, q.guest(), 3, "on the source");
   Source s;
   s.bases = q.stop();
-  s.blob = save(ctx);
+  s.blob = save_device_state(ctx);
   return s;
 }
 
@@ -304,7 +125,7 @@ CONFORM_CASE(load_saved_case,
   auto d = open_destination(ctx);
   QemuFrontend q(ctx, qemu10());
   q.realize();
-  const uint64_t c = load(ctx, s.blob);
+  const uint64_t c = load_device_state_check(ctx, s.blob);
   check(c == 0, fmt::format("CHECK_DEVICE_STATE 0 after loading the {} bytes the source saved", s.blob.size()),
         fmt::format("{:#x}", c));
 }
@@ -342,12 +163,12 @@ CONFORM_CASE(load_rejects_corrupt,
   };
   std::string accepted;
   for (const auto& [what, blob] : bad) {
-    const uint64_t c = load(ctx, blob);
+    const uint64_t c = load_device_state_check(ctx, blob);
     if (c == 0) accepted += (accepted.empty() ? "" : ", ") + what;
   }
   check(accepted.empty(), "CHECK_DEVICE_STATE non-zero after loading a state that is not one the back-end saved",
         "0 (success) for " + accepted);
-  const uint64_t c = load(ctx, good);
+  const uint64_t c = load_device_state_check(ctx, good);
   check(c == 0, "CHECK_DEVICE_STATE 0 for the real state after the refused ones", fmt::format("{:#x}", c));
 }
 
@@ -358,7 +179,7 @@ CONFORM_CASE(check_without_transfer,
                         "and not with success",
              .protocol_features = {pf::DEVICE_STATE}) {
   ctx.handshake(~bit(pf::REPLY_ACK));
-  const uint64_t c = check_state(ctx);
+  const uint64_t c = check_device_state(ctx);
   check(c != 0, "a non-zero CHECK_DEVICE_STATE: no state was transferred, so none was processed", "0 (success)");
 }
 
@@ -423,8 +244,8 @@ CONFORM_CASE(while_running,
   if (!r.error()) {
     ctx.note("the back-end accepted a save in phase 'stopped' while its rings run");
     vhu::UniqueFd in = r.fd ? std::move(r.fd) : std::move(p.rd);
-    read_to_eof(ctx, in.get());
-    check_state(ctx);
+    read_state_to_eof(ctx, in.get());
+    check_device_state(ctx);
   }
   tx_consume(ctx, q.guest(), 2, "after SET_DEVICE_STATE_FD while running");
 }
@@ -445,7 +266,7 @@ CONFORM_CASE(migrate_qemu10,
   QemuFrontend q(ctx, qemu10());
   q.bases = s.bases;
   q.realize();
-  const uint64_t c = load(ctx, s.blob);
+  const uint64_t c = load_device_state_check(ctx, s.blob);
   check(c == 0, "CHECK_DEVICE_STATE 0 on the destination", fmt::format("{:#x}", c));
   q.start();
   destination_traffic(ctx, *d, q);
@@ -479,16 +300,16 @@ CONFORM_CASE(migrate_load_after_setup,
   }
   Pipe p = make_pipe();
   vhu::UniqueFd rd = std::move(p.rd);
-  const bool filled = write_and_close(ctx, std::move(p.wr), s.blob);
+  const bool filled = write_state_and_close(ctx, std::move(p.wr), s.blob);
   check(filled, "the pipe to take the whole state before the request", "the pipe was full");
   auto r = set_state_fd(ctx, vhu::kTransferLoad, vhu::kPhaseStopped, std::move(rd));
   check(!r.error(), "SET_DEVICE_STATE_FD(load, stopped) accepted with the rings set up but stopped",
         fmt::format("error {:#x}", r.value));
   if (r.fd) {
     // The back-end's own channel replaces ours, which was filled in vain.
-    write_and_close(ctx, std::move(r.fd), s.blob);
+    write_state_and_close(ctx, std::move(r.fd), s.blob);
   }
-  const uint64_t c = check_state(ctx);
+  const uint64_t c = check_device_state(ctx);
   check(c == 0, "CHECK_DEVICE_STATE 0 on the destination", fmt::format("{:#x}", c));
   q.start();
   destination_traffic(ctx, *d, q);

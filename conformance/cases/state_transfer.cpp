@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -10,15 +12,12 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "common.h"
+
 namespace conform {
 
-namespace {
-
 using vhu::FrontendReq;
-
-struct Pipe {
-  vhu::UniqueFd rd, wr;
-};
+using vhu::Message;
 
 Pipe make_pipe() {
   int p[2];
@@ -26,78 +25,162 @@ Pipe make_pipe() {
   return {vhu::UniqueFd(p[0]), vhu::UniqueFd(p[1])};
 }
 
-// SET_DEVICE_STATE_FD(direction, stopped) carrying `fd`; returns the fd the
-// data must go through: the back-end's own when it returned one, else none.
-vhu::UniqueFd set_state_fd(Ctx& ctx, uint32_t direction, vhu::UniqueFd fd) {
-  auto m = vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_DEVICE_STATE_FD),
-                                      vhu::DeviceStateParams{direction, vhu::kPhaseStopped});
-  m.fds.push_back(std::move(fd));
-  const char* what = direction == vhu::kTransferSave ? "save" : "load";
-  auto o = ctx.fe().try_request(m);
-  check(o.kind == Outcome::Reply && o.reply.payload.size() == 8,
-        fmt::format("a u64 reply to SET_DEVICE_STATE_FD({}, stopped)", what), o.text);
-  check((o.u64 & vhu::kDeviceStateErrorMask) == 0,
-        fmt::format("SET_DEVICE_STATE_FD({}, stopped) to succeed on a suspended back-end", what),
-        fmt::format("error bits {:#x}", o.u64 & vhu::kDeviceStateErrorMask));
-  const bool no_fd = (o.u64 & vhu::kDeviceStateInvalidFd) != 0;
-  check(no_fd ? o.reply.fds.empty() : o.reply.fds.size() == 1,
-        "bit 8 set and no fd, or bit 8 clear and exactly one fd",
-        fmt::format("reply {:#x} with {} fd(s)", o.u64, o.reply.fds.size()));
-  return no_fd ? vhu::UniqueFd() : std::move(o.reply.fds[0]);
-}
-
-void expect_check_ok(Ctx& ctx, const char* what) {
-  auto o = ctx.fe().try_request(vhu::Message::empty(static_cast<uint32_t>(FrontendReq::CHECK_DEVICE_STATE)));
-  check(o.kind == Outcome::Reply && o.reply.payload.size() == 8, "a u64 reply to CHECK_DEVICE_STATE", o.text);
-  check(o.u64 == 0, fmt::format("CHECK_DEVICE_STATE 0 after the {}", what), o.text);
-}
-
-}  // namespace
-
-std::vector<uint8_t> save_device_state(Ctx& ctx) {
-  Pipe p = make_pipe();
-  vhu::UniqueFd theirs = set_state_fd(ctx, vhu::kTransferSave, std::move(p.wr));
-  vhu::UniqueFd rd = theirs.valid() ? std::move(theirs) : std::move(p.rd);
-  // Our copy of the write end went with the message, so EOF means the
-  // back-end closed its end: the end of the state.
-  std::vector<uint8_t> blob;
-  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms(), 3000));
-  for (;;) {
-    const int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
-    pollfd pf{rd.get(), POLLIN, 0};
-    if (left <= 0 || ::poll(&pf, 1, left) <= 0)
-      fail("the back-end to write its state and close the pipe", fmt::format("no EOF after {} bytes", blob.size()));
-    uint8_t buf[4096];
-    const ssize_t n = ::read(rd.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("the saved state to be readable", std::strerror(errno));
-    if (n == 0) break;
-    blob.insert(blob.end(), buf, buf + n);
-    if (blob.size() > (64u << 20)) fail("a bounded device state", "more than 64 MiB");
+StateFdReply set_state_fd(Ctx& ctx, uint32_t direction, uint32_t phase, vhu::UniqueFd fd, bool close_ok) {
+  auto& fe = ctx.fe();
+  const uint32_t id = req(FrontendReq::SET_DEVICE_STATE_FD);
+  const std::string what = fmt::format("SET_DEVICE_STATE_FD(direction {}, phase {}{})", direction, phase,
+                                       fd ? "" : ", no fd");
+  StateFdReply out;
+  {
+    Message m = Message::request_with(id, vhu::DeviceStateParams{direction, phase});
+    if (fd) m.fds.push_back(std::move(fd));
+    auto s = fe.try_send(m);
+    // Our copy of the channel end closes here: the EOF the other side waits
+    // for depends on it.
+    if (!s) {
+      if (close_ok) {
+        out.closed = true;
+        return out;
+      }
+      fail(fmt::format("the back-end to accept {}", what), "send failed: " + s.message());
+    }
   }
-  expect_check_ok(ctx, "save");
-  return blob;
+  const int ms = fe.wait_ms();
+  auto r = fe.try_recv(ms);
+  if (!r) {
+    if (r.error().kind == vhu::ErrorKind::Closed && close_ok) {
+      out.closed = true;
+      return out;
+    }
+    fail(fmt::format("a reply to {} within {} ms", what, ms),
+         r.error().kind == vhu::ErrorKind::Timeout ? "nothing" : r.message());
+  }
+  Message rep = std::move(r).value();
+  if (auto v = vhu::check_header_version(rep); !v) fail("a reply to " + what + " with a valid header", v.message());
+  check(rep.is_reply(), "the reply to " + what + " with the reply flag (bit 2)", fmt::format("flags {:#x}", rep.hdr.flags));
+  check(rep.hdr.request == id, fmt::format("the reply to {} carrying request id {}", what, id),
+        fmt::format("request id {}", rep.hdr.request));
+  check(rep.payload.size() == 8, "a u64 reply (8 bytes) to " + what, fmt::format("{} payload bytes", rep.payload.size()));
+  check(rep.fds.size() <= 1, "at most one fd with the reply to " + what, fmt::format("{} fds", rep.fds.size()));
+  std::memcpy(&out.value, rep.payload.data(), 8);
+  const bool invalid_fd = (out.value & vhu::kDeviceStateInvalidFd) != 0;
+  if (out.error()) {
+    check(rep.fds.empty(), fmt::format("no fd with the error reply {:#x} to {}", out.value, what),
+          fmt::format("{} fd attached", rep.fds.size()));
+    check(invalid_fd, fmt::format("bit 8 (invalid FD) set in the error reply to {}, as no fd comes", what),
+          fmt::format("{:#x}", out.value));
+  } else {
+    check(invalid_fd == rep.fds.empty(),
+          fmt::format("bit 8 (invalid FD) set exactly when no fd comes with the reply to {}", what),
+          fmt::format("{:#x} with {} fd(s)", out.value, rep.fds.size()));
+    if (!rep.fds.empty()) out.fd = std::move(rep.fds[0]);
+  }
+  return out;
 }
 
-void load_device_state(Ctx& ctx, std::span<const uint8_t> blob) {
-  Pipe p = make_pipe();
-  vhu::UniqueFd theirs = set_state_fd(ctx, vhu::kTransferLoad, std::move(p.rd));
-  vhu::UniqueFd wr = theirs.valid() ? std::move(theirs) : std::move(p.wr);
-  // A pipe holds 64 KiB; a larger state waits for the back-end to read.
+void expect_state_fd_refused(Ctx& ctx, uint32_t direction, uint32_t phase, vhu::UniqueFd fd, const std::string& why) {
+  auto r = set_state_fd(ctx, direction, phase, std::move(fd), true);
+  if (r.closed) {
+    check(!ctx.backend().crashed(), "the back-end to survive " + why, ctx.backend().status_text());
+    ctx.note("the back-end closed the connection on " + why + " (allowed)");
+    return;
+  }
+  check(r.error(), fmt::format("an error (bits 0-7 non-zero) for {}", why), fmt::format("{:#x}: success", r.value));
+  ctx.expect_alive("after " + why);
+}
+
+uint64_t check_device_state(Ctx& ctx) {
+  auto& fe = ctx.fe();
+  const uint32_t id = req(FrontendReq::CHECK_DEVICE_STATE);
+  fe.send(Message::empty(id));
+  Message r = fe.expect_reply(id, "the reply to CHECK_DEVICE_STATE");
+  auto v = vhu::payload_u64(vhu::Plane::Frontend, r);
+  check(v.ok(), "a u64 reply (8 bytes) to CHECK_DEVICE_STATE", fmt::format("{} payload bytes", r.payload.size()));
+  return *v;
+}
+
+std::vector<uint8_t> read_state_to_eof(Ctx& ctx, int fd) {
+  // A vsock device's state is a few hundred bytes; this only bounds a
+  // back-end that never stops writing.
+  constexpr size_t kMaxState = 64u << 20;
+  std::vector<uint8_t> out;
+  const int ms = std::min(ctx.remaining_ms(), 3000);
+  const auto end = Clock::now() + std::chrono::milliseconds(ms);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0)
+      fail(fmt::format("the back-end to write its state and close its end of the channel within {} ms", ms),
+           fmt::format("{} bytes and no end of file", out.size()));
+    uint8_t buf[4096];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n == 0) return out;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("the saved state readable from the channel", std::strerror(errno));
+    out.insert(out.end(), buf, buf + n);
+    if (out.size() > kMaxState) fail("a bounded device state", "more than 64 MiB and no end of file");
+  }
+}
+
+bool write_state_and_close(Ctx& ctx, vhu::UniqueFd fd, std::span<const uint8_t> blob) {
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+  // A reader that closed its end raises SIGPIPE in the writing thread: keep
+  // it from ending the runner, and take it off this thread before unblocking.
+  sigset_t pipe_sig, old;
+  sigemptyset(&pipe_sig);
+  sigaddset(&pipe_sig, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_sig, &old);
   size_t off = 0;
   const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms(), 3000));
   while (off < blob.size()) {
-    const int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
-    pollfd pf{wr.get(), POLLOUT, 0};
-    if (left <= 0 || ::poll(&pf, 1, left) <= 0)
-      fail("the back-end to read the state it is loading", fmt::format("{} of {} bytes taken", off, blob.size()));
-    const ssize_t n = ::write(wr.get(), blob.data() + off, blob.size() - off);
+    const ssize_t n = ::write(fd.get(), blob.data() + off, blob.size() - off);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+      continue;
+    }
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail("the back-end to read the state it is loading", n < 0 ? std::strerror(errno) : "0 bytes");
-    off += static_cast<size_t>(n);
+    if (n < 0 && errno == EAGAIN) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
+      pollfd p{fd.get(), POLLOUT, 0};
+      if (left > 0 && ::poll(&p, 1, static_cast<int>(left)) > 0) continue;
+    }
+    break;  // EPIPE, or the back-end stopped reading
   }
-  wr.reset();  // EOF: the end of the state
-  expect_check_ok(ctx, "load");
+  timespec zero{};
+  while (sigtimedwait(&pipe_sig, nullptr, &zero) > 0) {
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return off == blob.size();
+}
+
+std::vector<uint8_t> save_device_state(Ctx& ctx) {
+  Pipe p = make_pipe();
+  auto r = set_state_fd(ctx, vhu::kTransferSave, vhu::kPhaseStopped, std::move(p.wr));
+  check(!r.error(), "SET_DEVICE_STATE_FD(save, stopped) accepted on a suspended device",
+        fmt::format("error {:#x}", r.value));
+  // "When this flag is not set, the front-end must use the returned file
+  // descriptor". Our copy of the write end went with the message, so EOF
+  // means the back-end closed its end: the end of the state.
+  vhu::UniqueFd in = r.fd ? std::move(r.fd) : std::move(p.rd);
+  auto blob = read_state_to_eof(ctx, in.get());
+  const uint64_t c = check_device_state(ctx);
+  check(c == 0, "CHECK_DEVICE_STATE 0 after a complete save", fmt::format("{:#x}", c));
+  return blob;
+}
+
+uint64_t load_device_state_check(Ctx& ctx, std::span<const uint8_t> blob) {
+  Pipe p = make_pipe();
+  auto r = set_state_fd(ctx, vhu::kTransferLoad, vhu::kPhaseStopped, std::move(p.rd));
+  check(!r.error(), "SET_DEVICE_STATE_FD(load, stopped) accepted on a suspended device",
+        fmt::format("error {:#x}", r.value));
+  write_state_and_close(ctx, r.fd ? std::move(r.fd) : std::move(p.wr), blob);
+  return check_device_state(ctx);
+}
+
+void load_device_state(Ctx& ctx, std::span<const uint8_t> blob) {
+  const uint64_t c = load_device_state_check(ctx, blob);
+  check(c == 0, fmt::format("CHECK_DEVICE_STATE 0 after loading the {} bytes the source saved", blob.size()),
+        fmt::format("{:#x}", c));
 }
 
 }  // namespace conform
