@@ -5,6 +5,11 @@
 set -euo pipefail
 runner=$1 schemas=$2 out=$3
 ref="$(dirname "$runner")/vhost-user-vsock-ref"
+if [[ ! -f "$schemas/windyroad-JUnit.xsd" || ! -f "$schemas/junit-10.xsd" ]]; then
+  # The schemas live beside the repository (../shared/spec-sources/junit), as in CI.
+  echo "JUnit schemas not found in $schemas: nothing to validate against"
+  exit 77
+fi
 if [[ ! -x "$ref" ]]; then
   echo "reference back-end not built ($ref): nothing to report on"
   exit 77
