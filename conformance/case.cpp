@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <iostream>
 #include <mutex>
+#include <stdexcept>
 
 namespace conform {
 
@@ -32,10 +33,10 @@ const std::vector<CaseInfo>& all_cases() {
   return registry();
 }
 
-Ctx::Ctx(const CaseInfo& info, const RunConfig& cfg, Backend& backend, Clock::time_point deadline)
-    : info_(info), cfg_(cfg), backend_(backend), deadline_(deadline) {
+Ctx::Ctx(const CaseInfo& info, const RunConfig& cfg, Backend& backend, Clock::time_point deadline, std::string vm)
+    : info_(info), cfg_(cfg), backend_(backend), deadline_(deadline), vm_(std::move(vm)) {
   if (cfg.verbose) {
-    log_.set_echo([id = info.id](const std::string& line) {
+    log_.set_echo([id = vm_.empty() ? info.id : info.id + " " + vm_](const std::string& line) {
       std::lock_guard lock(echo_mu);
       std::cerr << "[" << id << "] " << line << "\n";
     });
@@ -74,6 +75,16 @@ Frontend* Ctx::reconnect(std::string* why) {
   log_.record_text(Dir::ToBackend, "(new connection)");
   fe_ = std::make_unique<Frontend>(std::move(*s), log_, deadline_);
   return fe_.get();
+}
+
+Ctx& Ctx::sibling() {
+  if (sibling_) return *sibling_;
+  if (!info_.siblings) throw std::logic_error("suite bug: " + info_.id + " uses sibling() without .siblings = true");
+  auto b = backend_.second_vm();
+  if (!b) throw LaunchError{"the second VM: " + b.message()};
+  sibling_backend_ = std::move(*b);
+  sibling_ = std::make_unique<Ctx>(info_, cfg_, *sibling_backend_, deadline_, "second VM");
+  return *sibling_;
 }
 
 GuestRam& Ctx::ram() {

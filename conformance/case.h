@@ -35,6 +35,10 @@ struct CaseInfo {
   int timeout_ms = 0;                      // 0 = the run's default
   // The verdict differs between the upstream and the newest vhost-user text.
   bool spec_dependent = false;
+  // Needs a second VM in the same sibling group as the first: the run's
+  // sibling target (--spawn-siblings, or the profile's) starts the back-end;
+  // without one the case is skipped, saying how to provide it. Ctx::sibling().
+  bool siblings = false;
   std::function<void(Ctx&)> body{};
 
   std::string area() const { return id.substr(0, id.find('.')); }
@@ -56,6 +60,9 @@ const std::vector<CaseInfo>& all_cases();
 // Settings of the whole run that cases see.
 struct RunConfig {
   TargetSpec target;
+  // For CaseInfo::siblings cases: a spawned back-end serving two VMs that
+  // share a group ({socket} {uds} {cid} and {socket2} {uds2} {cid2}).
+  std::optional<TargetSpec> sibling_target;
   vhu::SpecText spec = vhu::SpecText::Upstream;
   int default_timeout_ms = 5000;
   bool timeout_forced = false;   // --timeout-ms given: overrides the cases' own
@@ -68,7 +75,9 @@ struct RunConfig {
 // Everything a case body works with. Created fresh for each case.
 class Ctx {
  public:
-  Ctx(const CaseInfo& info, const RunConfig& cfg, Backend& backend, Clock::time_point deadline);
+  // `vm` labels a second VM's context in --verbose output ("" for the first).
+  Ctx(const CaseInfo& info, const RunConfig& cfg, Backend& backend, Clock::time_point deadline,
+      std::string vm = {});
   ~Ctx();
 
   const CaseInfo& info() const { return info_; }
@@ -121,6 +130,12 @@ class Ctx {
   // Negotiated features for the report.
   std::string negotiated() const;
 
+  // The sibling VM (CaseInfo::siblings only): a context of its own, with its
+  // own front-end connection, guest memory, vsock guest, host side and CID,
+  // on the same back-end process. Created on first use.
+  Ctx& sibling();
+  bool has_sibling() const { return sibling_ != nullptr; }
+
   // Watchers over a window: the running guest queues are registered here.
   void watch_queue(GuestQueue* q) { watched_.push_back(q); }
   const std::vector<GuestQueue*>& watched() const { return watched_; }
@@ -137,6 +152,11 @@ class Ctx {
   std::unique_ptr<VsockGuest> vsock_;
   std::vector<GuestQueue*> watched_;
   std::vector<std::string> notes_;
+  std::string vm_;
+  // Declared in this order so that the sibling's context goes before the
+  // Backend view it talks through.
+  std::unique_ptr<Backend> sibling_backend_;
+  std::unique_ptr<Ctx> sibling_;
 };
 
 }  // namespace conform

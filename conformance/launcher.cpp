@@ -44,7 +44,8 @@ std::string substitute(const std::string& command, const Placeholders& p) {
       return false;
     };
     if (try_sub("{socket}", p.socket) || try_sub("{uds}", p.uds) || try_sub("{cid}", std::to_string(p.cid)) ||
-        try_sub("{dir}", p.dir))
+        try_sub("{dir}", p.dir) || try_sub("{socket2}", p.socket2) || try_sub("{uds2}", p.uds2) ||
+        try_sub("{cid2}", std::to_string(p.cid2)))
       continue;
     out += command[i++];
   }
@@ -63,6 +64,7 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
   b->spec_ = spec;
   b->listen_fd_ = listen_fd;
   b->ph_.cid = cid;
+  b->ph_.cid2 = cid + Placeholders::kSecondCidOffset;
   if (spec.mode != TargetMode::Spawn) {
     b->ph_.socket = spec.path;
     b->ph_.uds = spec.uds;
@@ -77,6 +79,8 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
   b->ph_.dir = tmpl;
   b->ph_.socket = b->ph_.dir + "/vhost-user.sock";
   b->ph_.uds = b->ph_.dir + "/vsock.uds";
+  b->ph_.socket2 = b->ph_.dir + "/vhost-user-2.sock";
+  b->ph_.uds2 = b->ph_.dir + "/vsock-2.uds";
   b->command_ = substitute(spec.command, b->ph_);
 
   if (spec.backend_connects) {
@@ -119,6 +123,22 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
   return b;
 }
 
+vhu::Result<std::unique_ptr<Backend>> Backend::second_vm() {
+  if (owner_) return Err("the second VM has no second VM of its own");
+  if (pid_ <= 0 || ph_.socket2.empty())
+    return Err("only a back-end the runner spawns has a second VM ({socket2} {uds2} {cid2})");
+  std::unique_ptr<Backend> b(new Backend());
+  b->spec_ = spec_;
+  b->spec_.backend_connects = false;
+  b->owner_ = this;
+  b->ph_ = ph_;
+  b->ph_.socket = ph_.socket2;
+  b->ph_.uds = ph_.uds2;
+  b->ph_.cid = ph_.cid2;
+  b->command_ = command_ + " (second VM)";
+  return b;
+}
+
 Backend::~Backend() {
   terminate(500);
   if (stderr_thread_.joinable()) stderr_thread_.join();
@@ -136,11 +156,37 @@ void Backend::read_stderr() {
     if (n <= 0) break;
     std::lock_guard lock(err_mu_);
     err_.append(buf, static_cast<size_t>(n));
+    err_total_ += static_cast<uint64_t>(n);
     if (err_.size() > 2 * kStderrKeep) err_.erase(0, err_.size() - kStderrKeep);
   }
+  err_closed_ = true;
+}
+
+uint64_t Backend::stderr_mark() const {
+  std::lock_guard lock(err_mu_);
+  return err_total_;
+}
+
+std::string Backend::stderr_since(uint64_t mark) const {
+  std::lock_guard lock(err_mu_);
+  const uint64_t kept_from = err_total_ - err_.size();
+  if (mark >= err_total_) return {};
+  if (mark < kept_from) return "[... earlier output dropped ...]\n" + err_;
+  return err_.substr(static_cast<size_t>(mark - kept_from));
+}
+
+bool Backend::wait_stderr_closed(int ms) const {
+  if (pid_ <= 0) return true;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (!err_closed_) {
+    if (std::chrono::steady_clock::now() >= end) return false;
+    ::usleep(1000);
+  }
+  return true;
 }
 
 std::string Backend::stderr_text() const {
+  if (owner_) return owner_->stderr_text();
   std::lock_guard lock(err_mu_);
   if (err_.size() <= kStderrKeep) return err_;
   return "[... earlier output dropped ...]\n" + err_.substr(err_.size() - kStderrKeep);
@@ -158,18 +204,21 @@ void Backend::reap(int options) {
 }
 
 bool Backend::alive() {
+  if (owner_) return owner_->alive();
   if (pid_ <= 0) return true;
   reap(WNOHANG);
   return !exited_;
 }
 
 bool Backend::crashed() {
+  if (owner_) return owner_->crashed();
   if (pid_ <= 0) return false;
   reap(WNOHANG);
   return exited_ && WIFSIGNALED(wstatus_) && !we_signalled_;
 }
 
 std::string Backend::status_text() {
+  if (owner_) return owner_->status_text();
   if (pid_ <= 0) return "not spawned by the runner";
   reap(WNOHANG);
   if (!exited_) return fmt::format("running (pid {})", pid_);
@@ -203,6 +252,7 @@ void Backend::kill_now() {
 }
 
 int Backend::open_fd_count() const {
+  if (owner_) return owner_->open_fd_count();
   if (pid_ <= 0) return -1;
   std::error_code ec;
   int n = 0;
@@ -227,9 +277,9 @@ vhu::Result<UniqueFd> Backend::connect(int timeout_ms) {
     auto c = vhu::connect_unix(ph_.socket);
     if (c) return c;
     last = c.message();
-    if (pid_ > 0 && !alive()) return Err("back-end " + status_text() + " before accepting a connection on " + ph_.socket);
+    if (spawned() && !alive()) return Err("back-end " + status_text() + " before accepting a connection on " + ph_.socket);
     if (std::chrono::steady_clock::now() >= end) break;
-    ::usleep(pid_ > 0 ? 2000 : 20000);
+    ::usleep(spawned() ? 2000 : 20000);
   }
   return Err(fmt::format("could not connect to {} within {} ms: {}", ph_.socket, timeout_ms, last));
 }

@@ -21,7 +21,8 @@ enum class TargetMode { Connect, Spawn, Listen };
 struct TargetSpec {
   TargetMode mode = TargetMode::Spawn;
   std::string path;     // Connect / Listen: the socket path
-  std::string command;  // Spawn: shell command with {socket} {uds} {cid} {dir}
+  std::string command;  // Spawn: shell command with {socket} {uds} {cid} {dir}, and
+                        // {socket2} {uds2} {cid2} for a back-end serving a second VM
   bool backend_connects = false;  // Spawn: the back-end is the client on {socket}
   std::string device = "vsock";   // device type the cases may drive
   int start_timeout_ms = 5000;    // until the spawned back-end accepts a connection
@@ -32,12 +33,20 @@ struct TargetSpec {
   std::string describe() const;
 };
 
-// Fresh per-case values substituted into a spawn command.
+// Fresh per-case values substituted into a spawn command. The *2 values name
+// a second VM of the same back-end process, for the cases that need a sibling
+// (CaseInfo::siblings); a one-VM command simply does not use them.
 struct Placeholders {
+  // The second VM's CID is the first one's plus this: distinct, never reserved.
+  static constexpr uint64_t kSecondCidOffset = 1000;
+
   std::string dir;
   std::string socket;
   std::string uds;
   uint64_t cid = 3;
+  std::string socket2;
+  std::string uds2;
+  uint64_t cid2 = 3 + kSecondCidOffset;
 };
 std::string substitute(const std::string& command, const Placeholders& p);
 
@@ -58,10 +67,16 @@ class Backend {
   // (retrying connect) or fails when it exits first.
   vhu::Result<vhu::UniqueFd> connect(int timeout_ms);
 
+  // The second VM of a spawned back-end, as a Backend of its own: connect()
+  // reaches {socket2}, placeholders() are {socket2} {uds2} {cid2}, and the
+  // process state (alive, crashed, status) is this one's. It does not own the
+  // process and must not outlive this object. Error unless spawned.
+  vhu::Result<std::unique_ptr<Backend>> second_vm();
+
   const Placeholders& placeholders() const { return ph_; }
   const std::string& command_line() const { return command_; }
-  bool spawned() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
+  bool spawned() const { return owner_ ? owner_->spawned() : pid_ > 0; }
+  pid_t pid() const { return owner_ ? owner_->pid() : pid_; }
   // Still running? Reaps it when it has exited.
   bool alive();
   // Exited on its own by a signal we did not send.
@@ -69,6 +84,13 @@ class Backend {
   // "running", "exited with status 1", "killed by signal 11 (SIGSEGV)".
   std::string status_text();
   std::string stderr_text() const;
+  // Bytes of stderr read so far, and what came after such a mark (as much of
+  // it as is still kept): what one fuzz input made the back-end print.
+  uint64_t stderr_mark() const;
+  std::string stderr_since(uint64_t mark) const;
+  // Waits up to ms for the back-end's stderr to end (it exited), so a
+  // sanitizer report printed while dying is read in full. True when it ended.
+  bool wait_stderr_closed(int ms) const;
   // SIGTERM, up to grace_ms for it to end, then SIGKILL. Idempotent.
   void terminate(int grace_ms = 1000);
   // From another thread: SIGKILL now (hung back-end / case over its time).
@@ -93,9 +115,12 @@ class Backend {
   std::thread stderr_thread_;
   mutable std::mutex err_mu_;
   std::string err_;  // ring of the last kStderrKeep bytes
+  uint64_t err_total_ = 0;
+  std::atomic<bool> err_closed_{false};
   int listen_fd_ = -1;          // Listen mode: shared listener, not owned
   vhu::UniqueFd own_listener_;  // Spawn + backend_connects
   bool remove_dir_ = false;
+  Backend* owner_ = nullptr;  // second_vm(): the process belongs to this one
 };
 
 }  // namespace conform

@@ -11,6 +11,7 @@
 
 #include "case.h"
 #include "expectations.h"
+#include "fuzz_remote.h"
 #include "junit.h"
 #include "profiles.h"
 #include "requirements.h"
@@ -31,7 +32,7 @@ int real_main(int argc, char** argv) {
   using namespace conform;
   CLI::App app{"vhost-user-conform: conformance suite for vhost-user back-ends"};
   app.set_version_flag("--version", "vhost-user-conform 0.1");
-  std::string connect, spawn, listen, profile, junit, expect, spec = "upstream", device, req_file, spec_sources,
+  std::string connect, spawn, spawn_siblings, listen, profile, junit, expect, spec = "upstream", device, req_file, spec_sources,
       record_corpus;
   std::vector<std::string> filters;
   bool list = false, requirements = false, check_reqs = false, verbose = false, backend_connects = false,
@@ -46,6 +47,11 @@ int real_main(int argc, char** argv) {
   g->add_option("--listen", listen, "listen on PATH for a back-end that connects as a client");
   g->add_option("--profile", profile, "a preset: ref, virtiofsd, qsd-blk, dpdk, vhost-user-gpu");
   g->require_option(0, 1);
+  app.add_option("--spawn-siblings", spawn_siblings,
+                 "for the cases that need two VMs in one sibling group (vsock.sibling_*, "
+                 "transport_reset.sibling_*): start CMD per case, one back-end listening on {socket} and {socket2} "
+                 "for VMs {cid} and {cid2} with host sides {uds} and {uds2}; without it (or a profile that has one, "
+                 "as ref does) those cases are skipped");
   app.add_flag("--backend-connects", backend_connects, "with --spawn: the back-end connects to {socket}");
   app.add_option("--device", device, "device type the cases may drive (vsock, fs, blk, net, gpu)");
   app.add_option("--uds", uds, "with --connect/--listen: the back-end's hybrid-vsock socket path");
@@ -59,6 +65,34 @@ int real_main(int argc, char** argv) {
   app.add_option("--record-corpus", record_corpus,
                  "write each case's front-end requests to DIR/vhost_user_messages/case-<id>, in the framing of the "
                  "vhost_user_messages fuzz target (fuzz/README.md)");
+  bool fuzz = false;
+  std::vector<std::string> replay;
+  fuzz::Options fo;
+  auto* fz = app.add_option_group("fuzzing", "black-box fuzzing of the back-end over its socket (instead of the cases)");
+  fz->add_flag("--fuzz", fuzz,
+               "send mutated inputs of the vhost_user_messages framing (fuzz/README.md) to the back-end; report "
+               "crashes, requests left unanswered and a back-end that stops serving; exit 1 on a finding");
+  fz->add_option("--replay", replay,
+                 "send FILE (a finding, a seed; a directory: each file in it) to the back-end; exit 1 if any "
+                 "shows a finding, 0 if nothing is wrong")
+      ->type_name("FILE");
+  fz->add_option("--corpus", fo.corpus,
+                 "seed inputs: files or directories (also a --record-corpus DIR); default corpus/vhost_user_messages")
+      ->type_name("PATH");
+  fz->add_option("--seed", fo.seed, "seed of the mutations: the same seed and corpus give the same inputs")
+      ->type_name("N");
+  fz->add_option("--fuzz-time", fo.seconds, "stop after SECONDS")->type_name("SECONDS");
+  fz->add_option("--fuzz-runs", fo.runs, "stop after N inputs")->type_name("N");
+  fz->add_option("--fuzz-out", fo.out_dir, "directory for findings (default ./fuzz-findings)")->type_name("DIR");
+  fz->add_option("--fuzz-max-findings", fo.max_findings, "stop after N distinct findings")->type_name("N");
+  fz->add_flag("--exit-is-answer", fo.exit_is_answer,
+               "a spawned back-end that exits with a non-zero status (no signal, no sanitizer report) hung up "
+               "rather than crashed: for back-ends that exit on a protocol error by design (virtiofsd)");
+  fz->add_option("--reply-timeout-ms", fo.reply_ms, "how long a request that must be answered waits (default 1000)")
+      ->check(CLI::Range(10, 600000));
+  fz->add_option("--probe-timeout-ms", fo.probe_ms,
+                 "after each input, how long a fresh connection may take to answer GET_FEATURES (default 3000)")
+      ->check(CLI::Range(10, 600000));
   app.add_option("--quiet-window-ms", quiet_ms, "how long to watch to prove that nothing happens")->check(CLI::Range(10, 10000));
   app.add_flag("--verbose,-v", verbose, "print the decoded message trace on stderr");
   app.add_flag("--no-progress", no_progress, "no progress line");
@@ -135,10 +169,20 @@ int real_main(int argc, char** argv) {
     std::cerr << "vhost-user-conform: name the back-end: --connect, --spawn, --listen or --profile (see --help)\n";
     return kUsage;
   }
+  if (!spawn_siblings.empty()) {
+    TargetSpec t;
+    t.mode = TargetMode::Spawn;
+    t.command = spawn_siblings;
+    cfg.sibling_target = t;
+  } else if (!profile.empty()) {
+    cfg.sibling_target = profile_target(profile, self_dir(), cfg.spec, true);
+  }
   if (!device.empty()) cfg.target.device = device;
+  if (cfg.sibling_target) cfg.sibling_target->device = cfg.target.device;
   cfg.target.uds = uds;
   cfg.target.cid = cid;
-  for (const auto* c : selected)
+  const bool run_cases_now = !fuzz && replay.empty();
+  for (const auto* c : run_cases_now ? selected : std::vector<const CaseInfo*>{})
     for (const auto& id : c->requirements)
       if (!reqs.find(id)) std::cerr << fmt::format("warning: {} names unknown requirement {}\n", c->id, id);
 
@@ -152,6 +196,15 @@ int real_main(int argc, char** argv) {
     }
     listener = std::move(*l);
     cfg.listen_fd = listener.get();
+  }
+
+  if (!run_cases_now) {
+    fo.target = cfg.target;
+    fo.listen_fd = cfg.listen_fd;
+    fo.spec = cfg.spec;
+    fo.progress = !no_progress;
+    fo.verbose = verbose;
+    return fuzz ? fuzz::run_fuzz(fo) : fuzz::run_replay(fo, replay);
   }
 
   RunnerOptions ro;

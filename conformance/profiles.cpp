@@ -5,7 +5,9 @@ namespace conform {
 const std::vector<Profile>& profiles() {
   static const std::vector<Profile> p = {
       {"ref", "the bundled reference back-end", "{bindir}/vhost-user-vsock-ref --socket {socket} --uds-path {uds} --guest-cid {cid} --spec {spec}",
-       "vsock"},
+       "vsock",
+       "{bindir}/vhost-user-vsock-ref --spec {spec} --vm guest-cid={cid},socket={socket},uds-path={uds},groups=conform "
+       "--vm guest-cid={cid2},socket={socket2},uds-path={uds2},groups=conform"},
       // Runs as root only; serves one connection, then exits.
       {"virtiofsd", "QEMU 7.2 virtiofsd (libvhost-user)",
        "/usr/lib/qemu/virtiofsd --socket-path={socket} -o source={dir} -o cache=none", "fs"},
@@ -23,13 +25,15 @@ const std::vector<Profile>& profiles() {
   return p;
 }
 
-std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir, vhu::SpecText spec) {
+std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir, vhu::SpecText spec,
+                                         bool siblings) {
   for (const auto& p : profiles()) {
     if (p.name != name) continue;
+    if (siblings && p.siblings_command.empty()) return std::nullopt;
     TargetSpec t;
     t.mode = TargetMode::Spawn;
     t.device = p.device;
-    std::string cmd = p.command;
+    std::string cmd = siblings ? p.siblings_command : p.command;
     for (size_t pos; (pos = cmd.find("{bindir}")) != std::string::npos;) cmd.replace(pos, 8, bindir);
     const std::string text = spec == vhu::SpecText::Newest ? "newest" : "upstream";
     for (size_t pos; (pos = cmd.find("{spec}")) != std::string::npos;) cmd.replace(pos, 6, text);

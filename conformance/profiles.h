@@ -18,10 +18,16 @@ struct Profile {
   // (--spec), for a back-end that can follow either where they conflict.
   std::string command;
   std::string device;
+  // The same back-end serving two VMs that share a sibling group, for the
+  // cases that need one ("" = the back-end has no such mode).
+  std::string siblings_command = {};
 };
 
 const std::vector<Profile>& profiles();
-// The spec for a profile, with {bindir} resolved; nullopt for an unknown name.
-std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir, vhu::SpecText spec);
+// The spec for a profile, with {bindir} and {spec} resolved; nullopt for an
+// unknown name. `siblings`: the two-VM template instead, nullopt when the
+// profile has none.
+std::optional<TargetSpec> profile_target(const std::string& name, const std::string& bindir, vhu::SpecText spec,
+                                         bool siblings = false);
 
 }  // namespace conform

@@ -48,7 +48,17 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
   r.timestamp = format_timestamp(std::time(nullptr));
   const auto t0 = Clock::now();
   const int timeout = cfg.timeout_forced || c.timeout_ms == 0 ? cfg.default_timeout_ms : c.timeout_ms;
-  auto launched = Backend::launch(cfg.target, cid, cfg.listen_fd);
+  if (c.siblings && !cfg.sibling_target) {
+    r.verdict = Verdict::Skip;
+    r.message =
+        "needs a second VM in the same sibling group and the target has none: give --spawn-siblings 'CMD' that "
+        "starts one back-end serving two VMs, {socket} {uds} {cid} and {socket2} {uds2} {cid2} (the ref profile "
+        "has one)";
+    r.details = fmt::format("case: {} - {}\n{}\n", c.id, c.summary, r.message);
+    return r;
+  }
+  // A sibling case gets a back-end of its own that serves both VMs.
+  auto launched = c.siblings ? Backend::launch(*cfg.sibling_target, cid) : Backend::launch(cfg.target, cid, cfg.listen_fd);
   if (!launched) {
     r.verdict = Verdict::Error;
     r.launch_error = true;
@@ -105,11 +115,16 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
                     (r.message.empty() ? "" : "; " + r.message);
     }
     r.message_log = ctx.log().render();
+    if (ctx.has_sibling())
+      r.message_log += fmt::format("--- second VM (CID {}, {}) ---\n{}", ctx.sibling().cid(),
+                                   ctx.sibling().backend().placeholders().socket, ctx.sibling().log().render());
     if (!cfg.record_corpus_dir.empty() && !ctx.corpus().empty()) {
       if (auto w = ctx.corpus().write(cfg.record_corpus_dir, c.id); !w) ctx.note(w.message());
     }
     r.negotiated = ctx.negotiated();
     for (const auto& n : ctx.notes()) detail += (detail.empty() ? "" : "\n") + n;
+    if (ctx.has_sibling())
+      for (const auto& n : ctx.sibling().notes()) detail += (detail.empty() ? "" : "\n") + ("second VM: " + n);
     if (c.spec_dependent)
       detail += fmt::format("{}verdict depends on the spec text; judged by the {} text (--spec)",
                             detail.empty() ? "" : "\n", cfg.spec == vhu::SpecText::Newest ? "newest" : "upstream");

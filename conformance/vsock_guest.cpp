@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -159,9 +160,10 @@ GuestConn* VsockGuest::conn(uint32_t local_port, uint32_t host_port) {
 
 void VsockGuest::handle(const RxPacket& p) {
   const auto& h = p.hdr;
-  if (h.dst_cid != cid_ || h.src_cid != vs::kHostCid)
-    anomalies_.push_back("rx packet with wrong addresses: " + vs::describe(h));
   GuestConn* c = conn(h.dst_port, h.src_port);
+  if (h.dst_cid != cid_ || std::find(peers_.begin(), peers_.end(), h.src_cid) == peers_.end() ||
+      (c && h.src_cid != c->peer_cid))
+    anomalies_.push_back("rx packet with wrong addresses: " + vs::describe(h));
   if (!c) {
     if (h.op != static_cast<uint16_t>(vs::Op::REQUEST) && h.op != static_cast<uint16_t>(vs::Op::RST))
       anomalies_.push_back("rx packet for no connection: " + vs::describe(h));
@@ -179,7 +181,7 @@ void VsockGuest::handle(const RxPacket& p) {
       break;
     }
     case vs::Op::CREDIT_REQUEST: {
-      send(hdr(vs::Op::CREDIT_UPDATE, c->local_port, c->peer_port));
+      send(conn_hdr(*c, vs::Op::CREDIT_UPDATE));
       break;
     }
     default: break;
@@ -221,12 +223,37 @@ bool VsockGuest::wait_until(const std::function<bool()>& cond, int timeout_ms) {
   }
 }
 
+vs::Hdr VsockGuest::conn_hdr(const GuestConn& c, vs::Op op) const {
+  vs::Hdr h = hdr(op, c.local_port, c.peer_port);
+  h.dst_cid = c.peer_cid;
+  return h;
+}
+
 GuestConn& VsockGuest::connect(uint32_t local_port, uint32_t host_port) {
-  GuestConn& c = conns_[{local_port, host_port}];
+  return connect_to(vs::kHostCid, local_port, host_port);
+}
+
+GuestConn& VsockGuest::connect_to(uint64_t peer_cid, uint32_t local_port, uint32_t peer_port) {
+  GuestConn& c = conns_[{local_port, peer_port}];
   c = GuestConn{};
   c.local_port = local_port;
-  c.peer_port = host_port;
-  send(hdr(vs::Op::REQUEST, local_port, host_port));
+  c.peer_port = peer_port;
+  c.peer_cid = peer_cid;
+  send(conn_hdr(c, vs::Op::REQUEST));
+  return c;
+}
+
+GuestConn& VsockGuest::accept(const RxPacket& request) {
+  const auto& r = request.hdr;
+  GuestConn& c = conns_[{r.dst_port, r.src_port}];
+  c = GuestConn{};
+  c.local_port = r.dst_port;
+  c.peer_port = r.src_port;
+  c.peer_cid = r.src_cid;
+  c.established = true;
+  c.peer_buf_alloc = r.buf_alloc;
+  c.peer_fwd_cnt = r.fwd_cnt;
+  send(conn_hdr(c, vs::Op::RESPONSE));
   return c;
 }
 
@@ -246,8 +273,7 @@ void VsockGuest::write(GuestConn& c, std::string_view data, bool kick) {
     if (credit() == 0 && !wait_until([&] { return credit() > 0 || c.reset; }, 2000))
       fail("credit from the peer to send more data", "no CREDIT_UPDATE within 2 s");
     size_t n = std::min<size_t>({data.size(), chunk, static_cast<size_t>(credit())});
-    send(hdr(vs::Op::RW, c.local_port, c.peer_port),
-         {reinterpret_cast<const uint8_t*>(data.data()), n}, kick);
+    send(conn_hdr(c, vs::Op::RW), {reinterpret_cast<const uint8_t*>(data.data()), n}, kick);
     c.tx_cnt += static_cast<uint32_t>(n);
     data.remove_prefix(n);
   }

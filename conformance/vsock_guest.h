@@ -28,7 +28,8 @@ struct RxPacket {
 
 struct GuestConn {
   uint32_t local_port = 0;   // guest side
-  uint32_t peer_port = 0;    // host side
+  uint32_t peer_port = 0;    // host side, or a sibling VM's
+  uint64_t peer_cid = vhu::vsock::kHostCid;
   bool established = false;
   bool reset = false;
   uint32_t shutdown_flags = 0;
@@ -66,9 +67,17 @@ class VsockGuest {
   bool wait_until(const std::function<bool()>& cond, int timeout_ms);
   std::deque<RxPacket>& backlog() { return backlog_; }
 
-  // Stream connections (guest-initiated or accepted).
+  // Stream connections (guest-initiated or accepted). Connections are keyed
+  // by (local port, peer port) whatever the peer's CID: a case gives each of
+  // its flows a local port of its own.
   GuestConn& connect(uint32_t local_port, uint32_t host_port);      // sends REQUEST
+  GuestConn& connect_to(uint64_t peer_cid, uint32_t local_port, uint32_t peer_port);
   void accept(uint32_t local_port, uint32_t host_port);               // sends RESPONSE
+  // Accepts a received REQUEST from whichever CID sent it, taking the peer's
+  // credit from it.
+  GuestConn& accept(const RxPacket& request);
+  // Packets from `cid` (a sibling VM) are expected, not anomalies.
+  void allow_peer(uint64_t cid) { peers_.push_back(cid); }
   void write(GuestConn& c, std::string_view data, bool kick = true);  // RW packets, within credit
   GuestConn* conn(uint32_t local_port, uint32_t host_port);
   std::map<std::pair<uint32_t, uint32_t>, GuestConn>& conns() { return conns_; }
@@ -81,6 +90,7 @@ class VsockGuest {
  private:
   void handle(const RxPacket& p);
   void init_pools();
+  vhu::vsock::Hdr conn_hdr(const GuestConn& c, vhu::vsock::Op op) const;
 
   GuestRam& ram_;
   uint64_t cid_;
@@ -90,6 +100,7 @@ class VsockGuest {
   std::deque<RxPacket> backlog_;
   std::map<std::pair<uint32_t, uint32_t>, GuestConn> conns_;
   std::vector<std::string> anomalies_;
+  std::vector<uint64_t> peers_{vhu::vsock::kHostCid};
 };
 
 // The host side of hybrid vsock: `uds` is the back-end's --uds-path.

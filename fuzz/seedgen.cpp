@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "device_state.h"
@@ -303,6 +304,70 @@ void message_seeds(const fs::path& dir) {
   }
 }
 
+// ---- vhost_user_socket: the message sessions, plus the stream and the host side ----
+
+constexpr uint32_t kActionRaw = fr::kActionBase + 5;   // vhost_user_socket.cpp
+constexpr uint32_t kActionHost = fr::kActionBase + 6;
+
+std::vector<uint8_t> text(std::string_view s) { return {s.begin(), s.end()}; }
+
+void socket_seeds(const fs::path& dir) {
+  vhu::Header get_features{static_cast<uint32_t>(FrontendReq::GET_FEATURES), vhu::kVersion | vhu::kFlagNeedReply, 0};
+  const auto* gf = reinterpret_cast<const uint8_t*>(&get_features);
+  {  // a message split across two writes, then one cut short by a hang-up
+    Session s;
+    s.action_bytes(kActionRaw, {gf, 5});
+    s.action_bytes(kActionRaw, {gf + 5, sizeof get_features - 5});
+    s.req(FrontendReq::GET_PROTOCOL_FEATURES);
+    s.action_bytes(kActionRaw, {gf, 7});
+    s.action(fr::kActionDisconnect, uint32_t{0});
+    realize(s, 0);
+    write_file(dir / "seed-split-and-truncated", s.out);
+  }
+  {  // a size field over the limit: the stream cannot be trusted any more
+    Session s;
+    vhu::Header big{static_cast<uint32_t>(FrontendReq::SET_CONFIG), vhu::kVersion, 5000};
+    s.req(FrontendReq::GET_FEATURES);
+    s.action_bytes(kActionRaw, {reinterpret_cast<const uint8_t*>(&big), sizeof big});
+    s.req(FrontendReq::GET_FEATURES);
+    write_file(dir / "seed-oversized", s.out);
+  }
+  {  // fds on a request that takes none, and two messages in one write
+    Session s;
+    std::vector<uint8_t> two(gf, gf + sizeof get_features);
+    two.insert(two.end(), gf, gf + sizeof get_features);
+    fr::append(s.out, {kActionRaw, 0, 0, 3, 0}, two);
+    fr::append(s.out, {static_cast<uint32_t>(FrontendReq::SET_OWNER), vhu::kVersion, 0, 2, 0}, {});
+    write_file(dir / "seed-surplus-fds-pipelined", s.out);
+  }
+  {  // host programs: a good CONNECT with data behind it, then lines the handshake refuses
+    Session s;
+    GuestRings g;
+    fill_rings(g, {}, 0);
+    realize(s, kAllPf);
+    start(s, g, false, false);
+    s.action_bytes(kActionHost, text("CONNECT 1234\nhello"));
+    s.action_bytes(kActionHost, text("CONNECT 1235\r\n"));
+    s.action_bytes(kActionHost, text("CONNECT 99999999999\n"));
+    s.action_bytes(kActionHost, text("CONNECT x\n"));
+    s.action_bytes(kActionHost, text("HELLO\n"));
+    s.action_bytes(kActionHost, text("CONNECT 12"), 1);
+    s.action_bytes(kActionHost, std::vector<uint8_t>(80, '1'));
+    s.action(fr::kActionKick, uint32_t{0});
+    stop(s, false);
+    write_file(dir / "seed-host-connect", s.out);
+  }
+  {  // a load the front-end never finishes writing: the reply waits, the back-end reads nothing meanwhile
+    Session s;
+    realize(s, kAllPf);
+    s.req(FrontendReq::SET_DEVICE_STATE_FD, vhu::DeviceStateParams{vhu::kTransferLoad, vhu::kPhaseStopped});
+    s.action_bytes(fr::kActionStatePipe, text("VHUV"));
+    s.req(FrontendReq::CHECK_DEVICE_STATE);
+    s.req(FrontendReq::GET_FEATURES);
+    write_file(dir / "seed-deferred-check", s.out);
+  }
+}
+
 // ---- vsock_packets ----
 
 class Conversation {
@@ -485,6 +550,7 @@ int main(int argc, char** argv) {
                                      packet(vs::Op::RST, 5000, 1234)};
   write_file(dir / "seed-vsock-tx", vring_vsock_packets(pkts));
   message_seeds(fs::path(argv[1]) / "vhost_user_messages");
+  socket_seeds(fs::path(argv[1]) / "vhost_user_socket");
   vsock_seeds(fs::path(argv[1]) / "vsock_packets");
   device_state_seeds(fs::path(argv[1]) / "device_state_load");
   std::printf("seeds written to %s\n", argv[1]);

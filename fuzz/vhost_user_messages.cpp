@@ -17,11 +17,14 @@
 // and after the whole input: no fd is left open (the back-end, its event loop
 // and the harness are gone, so every fd they opened must be closed again).
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <bitset>
 #include <csignal>
 #include <cstdlib>
 #include <map>
@@ -32,6 +35,7 @@
 #include "backend.h"
 #include "fuzz_input.h"
 #include "log.h"
+#include "vhu/fuzz_fds.h"
 #include "vhu/fuzz_framing.h"
 #include "vhu/messages.h"
 
@@ -40,23 +44,56 @@ namespace {
 namespace fr = vhu::fuzz::framing;
 using vhu::FrontendReq;
 
-// Memory files are sparse, so a QEMU-sized region costs nothing until touched;
-// beyond this the file is made this long and the mapping is refused.
-constexpr uint64_t kMaxFileBytes = 1ull << 30;
-
-// The first sizeof(T) bytes of a payload, zero-filled when it is shorter:
-// the fds are made for what the payload seems to ask, valid or not.
-template <class T>
-T leading(const std::vector<uint8_t>& payload) {
-  T v{};
-  if (!payload.empty()) std::memcpy(&v, payload.data(), std::min(payload.size(), sizeof v));
-  return v;
-}
-
 struct Sink : vsockref::ReplySink {
   std::vector<vhu::Message> got;
   void send(vhu::Message&& m) override { got.push_back(std::move(m)); }
 };
+
+// Eventfds for the back-end, handed out as dups of eventfds that live as long
+// as the process: making and destroying one (an anonymous inode each) was the
+// harness's largest cost, a dup and a read are cheap. Each pool entry goes out
+// at most once per input, so no two fds of one input share a counter, and is
+// drained as it goes out, so no count one input left is seen by the next. The
+// back-end's dups are closed by the end of the input (the leak check says so),
+// and its epoll set with them.
+class EventfdPool {
+ public:
+  // Made before the first input's fds are counted, so they are no leak.
+  static constexpr size_t kSize = 64;
+  EventfdPool() {
+    for (auto& fd : pool_) {
+      fd = vhu::UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      VHU_FUZZ_CHECK(fd.valid());
+    }
+  }
+  void new_input() { next_ = 0; }
+  vhu::UniqueFd take(bool signalled) {
+    if (next_ == pool_.size()) {  // an input with more eventfds than the pool
+      vhu::UniqueFd fd(::eventfd(signalled ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK));
+      VHU_FUZZ_CHECK(fd.valid());
+      return fd;
+    }
+    const int fd = pool_[next_++].get();
+    uint64_t v;
+    (void)!::read(fd, &v, sizeof v);
+    if (signalled) {
+      v = 1;
+      VHU_FUZZ_CHECK(::write(fd, &v, sizeof v) == sizeof v);
+    }
+    vhu::UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    VHU_FUZZ_CHECK(dup.valid());
+    return dup;
+  }
+
+ private:
+  std::array<vhu::UniqueFd, kSize> pool_;
+  size_t next_ = 0;
+};
+
+EventfdPool& eventfds() {
+  static EventfdPool* pool = new EventfdPool;  // never destroyed: the engine may exit from any thread
+  return *pool;
+}
 
 class Harness {
  public:
@@ -75,88 +112,43 @@ class Harness {
   }
 
  private:
-  static uint64_t memfd_bytes(uint64_t size, uint64_t offset) {
-    const uint64_t end = size + offset;
-    if (end < size || end > kMaxFileBytes) return kMaxFileBytes;
-    return std::max<uint64_t>(end, 1);
-  }
-
   vhu::UniqueFd make_memfd(uint64_t bytes) {
     vhu::UniqueFd fd(::memfd_create("vhu-fuzz-region", MFD_CLOEXEC));
     VHU_FUZZ_CHECK(fd.valid());
     VHU_FUZZ_CHECK(::ftruncate(fd.get(), static_cast<off_t>(bytes)) == 0);
     regions_.emplace_back(::dup(fd.get()), bytes);
-    if (regions_.size() > 16) regions_.erase(regions_.begin());
+    if (regions_.size() > vhu::fuzz::kPokeRegions) regions_.erase(regions_.begin());
     return fd;
   }
 
-  vhu::UniqueFd make_eventfd(bool signalled) {
-    vhu::UniqueFd fd(::eventfd(signalled ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK));
-    VHU_FUZZ_CHECK(fd.valid());
-    return fd;
-  }
+  vhu::UniqueFd make_eventfd(bool signalled) { return eventfds().take(signalled); }
 
-  // The fd for position `i` of a message, of the kind the request takes.
+  // The fd for position `i` of a message, of the kind the shared rules
+  // (vhu/fuzz_fds.h) say, so the black-box fuzzer sends the same fds.
   vhu::UniqueFd make_fd(const vhu::Message& m, size_t i, bool signalled) {
-    switch (static_cast<FrontendReq>(m.hdr.request)) {
-      case FrontendReq::SET_MEM_TABLE: {
-        const auto t = leading<vhu::MemoryTable>(m.payload);
-        const vhu::MemoryRegion& r = t.regions[i % vhu::kMaxMemRegions];
-        return make_memfd(memfd_bytes(r.memory_size, r.mmap_offset));
-      }
-      case FrontendReq::ADD_MEM_REG:
-      case FrontendReq::REM_MEM_REG: {
-        const auto r = leading<vhu::MemRegionMsg>(m.payload);
-        return make_memfd(memfd_bytes(r.region.memory_size, r.region.mmap_offset));
-      }
-      case FrontendReq::SET_LOG_BASE: {
-        const auto l = leading<vhu::LogPayload>(m.payload);
-        return make_memfd(memfd_bytes(l.mmap_size, l.mmap_offset));
-      }
-      case FrontendReq::SET_DEVICE_STATE_FD: {
-        const auto p = leading<vhu::DeviceStateParams>(m.payload);
+    const vhu::fuzz::FdPlan p = vhu::fuzz::plan_fd(m, i);
+    switch (p.kind) {
+      case vhu::fuzz::FdKind::Memfd:
+        return make_memfd(p.memfd_bytes);
+      case vhu::fuzz::FdKind::StatePipe: {
         int fds[2];
         VHU_FUZZ_CHECK(::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0);
         // Load: the back-end reads, we write. Anything else: it writes, we drain.
-        const bool load = p.direction == vhu::kTransferLoad;
         state_write_.reset();
         state_read_.reset();
-        if (load) {
+        if (p.load) {
           state_write_ = vhu::UniqueFd(fds[1]);
           return vhu::UniqueFd(fds[0]);
         }
         state_read_ = vhu::UniqueFd(fds[0]);
         return vhu::UniqueFd(fds[1]);
       }
-      case FrontendReq::SET_VRING_KICK: {
-        vhu::UniqueFd fd = make_eventfd(signalled);
-        const auto v = leading<uint64_t>(m.payload);
-        // Rings 3 and up do not exist: the back-end closes the connection.
-        if ((v & vhu::kVringIndexMask) < 4) kicks_[static_cast<uint8_t>(v & 3)] = vhu::UniqueFd(::dup(fd.get()));
-        return fd;
-      }
-      default:
-        return make_eventfd(signalled);
+      case vhu::fuzz::FdKind::Eventfd:
+        break;
     }
-  }
-
-  size_t rule_fds(const vhu::Message& m) const {
-    const vhu::RequestInfo* info = vhu::request_info(vhu::Plane::Frontend, m.hdr.request);
-    if (!info) return 0;
-    switch (info->request_fds) {
-      case vhu::FdRule::None: return 0;
-      case vhu::FdRule::One:
-      case vhu::FdRule::OptionalOne: return 1;
-      case vhu::FdRule::VringFd: {
-        const auto v = leading<uint64_t>(m.payload);
-        return (v & vhu::kVringNoFdFlag) ? 0 : 1;
-      }
-      case vhu::FdRule::Regions: {
-        const auto n = leading<uint32_t>(m.payload);
-        return std::min<size_t>(n, vhu::kMaxMemRegions);
-      }
-    }
-    return 0;
+    vhu::UniqueFd fd = make_eventfd(signalled);
+    if (p.kick_ring) kicks_[*p.kick_ring] = vhu::UniqueFd(::dup(fd.get()));
+    return fd;
   }
 
   void message(const fr::RecordHeader& h, std::span<const uint8_t> payload) {
@@ -164,7 +156,7 @@ class Harness {
     m.hdr.request = h.request;
     m.hdr.flags = h.flags;
     m.set_payload_bytes(payload);
-    const size_t nfds = h.fds == 0 ? rule_fds(m) : std::min<size_t>(h.fds - 1, vhu::kMaxFds);
+    const size_t nfds = vhu::fuzz::fd_count(h, m);
     for (size_t i = 0; i < nfds; ++i) m.fds.push_back(make_fd(m, i, (h.aux & fr::kAuxSignal) != 0));
 
     const vhu::Message req{m.hdr, m.payload, {}};
@@ -290,16 +282,23 @@ class Harness {
 
 // Which of the fds from `first` on are open. Taken before each input: the
 // engine and the sanitizers open fds of their own between inputs (the
-// symbolizer's pipes), which are no leak of ours.
+// symbolizer's pipes), which are no leak of ours. One poll() answers for the
+// whole window (a closed fd comes back POLLNVAL): a syscall per fd cost a
+// fifth of the target's time.
 constexpr int kFdWindow = 128;
-std::vector<bool> open_fds(int first) {
-  std::vector<bool> v(kFdWindow);
-  for (int i = 0; i < kFdWindow; ++i) v[i] = ::fcntl(first + i, F_GETFD) != -1;
-  return v;
+std::bitset<kFdWindow> open_fds(int first) {
+  std::array<pollfd, kFdWindow> p{};
+  for (int i = 0; i < kFdWindow; ++i) p[i].fd = first + i;
+  VHU_FUZZ_CHECK(::poll(p.data(), p.size(), 0) >= 0);
+  std::bitset<kFdWindow> open;
+  for (int i = 0; i < kFdWindow; ++i) open[i] = !(p[i].revents & POLLNVAL);
+  return open;
 }
 
 int lowest_free_fd() {
-  const int fd = ::eventfd(0, EFD_CLOEXEC);  // the kernel hands out the lowest free number
+  // The kernel hands out the lowest free number; a dup of stderr (open in
+  // any process the engine runs) is the cheapest way to ask.
+  const int fd = ::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
   VHU_FUZZ_CHECK(fd >= 0);
   ::close(fd);
   return fd;
@@ -319,8 +318,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static bool initialised = (LLVMFuzzerInitialize(nullptr, nullptr), true);
   (void)initialised;
+  eventfds().new_input();
   const int first_free = lowest_free_fd();
-  const std::vector<bool> preopen = open_fds(first_free);
+  const std::bitset<kFdWindow> preopen = open_fds(first_free);
   {
     Harness h;
     vhu::fuzz::Input in(data, size);
@@ -333,8 +333,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Everything the input opened is closed again: no fd in the window may be
   // open that was not open before the input. An input opens far fewer than
   // kFdWindow fds at a time (8 per message, 16 memory files, a few rings).
-  for (int fd = first_free; fd < first_free + kFdWindow; ++fd) {
-    if (preopen[fd - first_free] || ::fcntl(fd, F_GETFD) == -1) continue;
+  const std::bitset<kFdWindow> leaked = open_fds(first_free) & ~preopen;
+  for (int fd = first_free; leaked.any() && fd < first_free + kFdWindow; ++fd) {
+    if (!leaked[fd - first_free]) continue;
     char what[256] = {};
     (void)!::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), what, sizeof what - 1);
     std::fprintf(stderr, "fd %d (%s) left open\n", fd, what);

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <span>
 #include <vector>
 
 #include "fuzz_input.h"
@@ -103,22 +105,48 @@ void run_vsock(const vhu::GuestMemory& mem, const vhu::fuzz::vring_layout::Heade
   dev.process();
 }
 
+// Guest memory, mapped once for the whole run: a memfd and two mappings per
+// input cost more than the walk itself. Each input overwrites all of it (its
+// image, zeros past its end), so nothing the device wrote during one input is
+// seen by the next.
+struct Memory {
+  vhu::GuestMemory mem;
+  uint8_t* host[2] = {};
+
+  Memory() {
+    vhu::UniqueFd fd(memfd_create("vring-fuzz", MFD_CLOEXEC));
+    VHU_FUZZ_CHECK(fd.valid() && ftruncate(fd.get(), kMemoryBytes) == 0);
+    vhu::UniqueFd fd1(dup(fd.get()));
+    VHU_FUZZ_CHECK(mem.add_region({kRegion0Gpa, kRegionBytes, 0x7f0000000000, 0}, std::move(fd)).ok());
+    VHU_FUZZ_CHECK(mem.add_region({kRegion1Gpa, kRegionBytes, 0x7f0000100000, kRegionBytes}, std::move(fd1)).ok());
+    host[0] = *mem.gpa_to_host(kRegion0Gpa, kRegionBytes);
+    host[1] = *mem.gpa_to_host(kRegion1Gpa, kRegionBytes);
+  }
+
+  void load(std::span<const uint8_t> image) {
+    for (unsigned r = 0; r < 2; ++r) {
+      const size_t from = std::min<size_t>(image.size(), r * kRegionBytes);
+      const size_t n = std::min<size_t>(image.size() - from, kRegionBytes);
+      if (n) std::memcpy(host[r], image.data() + from, n);
+      std::memset(host[r] + n, 0, kRegionBytes - n);
+    }
+  }
+};
+
+Memory& memory() {
+  static Memory* m = new Memory;  // never destroyed: the engine may exit from any thread
+  return *m;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   vhu::fuzz::Input in(data, size);
   const auto hdr = in.take<Header>();
   const uint32_t qsize = 1u << (hdr.size_log2 % (kMaxQueueLog2 + 1));
-  const auto image = in.bytes(kMemoryBytes);
-
-  vhu::UniqueFd fd(memfd_create("vring-fuzz", MFD_CLOEXEC));
-  VHU_FUZZ_CHECK(fd.valid() && ftruncate(fd.get(), kMemoryBytes) == 0);
-  if (!image.empty()) VHU_FUZZ_CHECK(pwrite(fd.get(), image.data(), image.size(), 0) == static_cast<ssize_t>(image.size()));
-
-  vhu::GuestMemory mem;
-  vhu::UniqueFd fd1(dup(fd.get()));
-  VHU_FUZZ_CHECK(mem.add_region({kRegion0Gpa, kRegionBytes, 0x7f0000000000, 0}, std::move(fd)).ok());
-  VHU_FUZZ_CHECK(mem.add_region({kRegion1Gpa, kRegionBytes, 0x7f0000100000, kRegionBytes}, std::move(fd1)).ok());
+  Memory& m = memory();
+  m.load(in.bytes(kMemoryBytes));
+  const vhu::GuestMemory& mem = m.mem;
 
   vhu::DeviceQueue q;
   vhu::DeviceQueue::Options opt{(hdr.flags & kFlagIndirect) != 0, (hdr.flags & kFlagEventIdx) != 0};

@@ -79,6 +79,7 @@
   X(route_outside_groups, "treats a packet for a CID outside the guest's groups as one for the host") \
   X(unbounded_tx_buffer, "buffers guest data beyond the credit it gave, without bound")               \
   X(connect_before_config_read, "delivers host CONNECTs right after TRANSPORT_RESET, before the config re-read") \
+  X(sibling_before_config_read, "delivers a sibling VM's packets right after TRANSPORT_RESET, before the config re-read") \
   X(activate_on_early_config_read, "a config read before TRANSPORT_RESET was sent activates the device") \
   X(wait_for_event_ring, "after a load, stays inactive until it gets the event ring, even if it never comes") \
   X(no_event_ring_grace, "after a load, decides the front-end keeps the event ring as soon as rx and tx run") \

@@ -471,6 +471,46 @@ TEST(Integration, SiblingsInOneGroupReachEachOther) {
   h.on_loop([&] { vm2.reset(); });
 }
 
+TEST(Integration, SiblingPacketsWaitForTheConfigReadAfterALoad) {
+  Harness h;
+  VmConfig c2;
+  c2.guest_cid = 4;
+  c2.uds_path = h.dir + "/u4";
+  auto pair = vhu::socket_pair();
+  ASSERT_TRUE(pair.ok());
+  std::unique_ptr<Vm> vm2;
+  h.on_loop([&] {
+    vm2 = std::make_unique<Vm>(h.loop, c2, &h.router);
+    vm2->serve(std::move(pair->second));
+  });
+  Guest g2(std::move(pair->first), 4);
+  g2.realize(kQemuPf);
+  g2.post_rx(16);
+  g2.start();
+  Guest& g = *h.guest;
+  g.realize(kQemuPf | vhu::bit(pf::DEVICE_STATE));
+  load_state(g, false);
+  g.post_rx(16);
+  g.post_event(4);
+  g.start(/*with_event=*/true);
+  ASSERT_TRUE(g.recv_event()) << "no TRANSPORT_RESET";
+  // The sibling's REQUEST is held, not refused, until the config read.
+  g2.send_pkt(g2.hdr(3, 5000, 80, Op::REQUEST));
+  EXPECT_FALSE(g.recv_pkt(200ms));
+  EXPECT_FALSE(g2.recv_pkt(1ms));
+  uint8_t zero[8] = {};
+  auto r = g.request(vhu::make_config_message(static_cast<uint32_t>(FrontendReq::GET_CONFIG),
+                                              vhu::ConfigHeader{0, 8, 0}, zero, false),
+                     true);
+  ASSERT_TRUE(r.ok());
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
+  EXPECT_EQ(p->hdr.src_cid, 4u);
+  EXPECT_EQ(p->hdr.dst_port, 80u);
+  h.on_loop([&] { vm2.reset(); });
+}
+
 TEST(Integration, SurplusFdsDoNotAccumulate) {
   Harness h;
   Guest& g = *h.guest;

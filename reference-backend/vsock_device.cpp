@@ -68,6 +68,11 @@ bool VsockDevice::rx_allowed() const {
   return reset_state_ != ResetState::Pending || VSOCKREF_FAULT(rx_before_transport_reset);
 }
 
+bool VsockDevice::relay_open() const {
+  return accepting_incoming() ||
+         (VSOCKREF_FAULT(sibling_before_config_read) && reset_state_ == ResetState::AwaitConfigRead);
+}
+
 bool VsockDevice::tx_allowed() const {
   return reset_state_ != ResetState::Pending || VSOCKREF_FAULT(rx_before_transport_reset);
 }
@@ -465,7 +470,7 @@ bool has_packet(const Connection& c) {
 
 bool VsockDevice::have_rx_work() {
   if (!rsts_.empty()) return true;
-  if (!relay_.empty() && accepting_incoming()) return true;
+  if (!relay_.empty() && relay_open()) return true;
   while (!work_.empty()) {
     Connection* c = nullptr;
     if (auto it = conns_.find(work_.front()); it != conns_.end()) c = it->second.get();
@@ -519,7 +524,7 @@ uint32_t VsockDevice::fill_rx(const vhu::Chain& c) {
     rsts_.pop_front();
     return write_packet(c, h);
   }
-  if (!relay_.empty() && accepting_incoming()) {
+  if (!relay_.empty() && relay_open()) {
     RelayPacket& p = relay_.front();
     // The sibling's packet may be bigger than our guest's rx buffers: cut it,
     // keeping EOM/EOR on the last piece only.

@@ -92,6 +92,8 @@ class VsockDevice {
   bool seqpacket_ok() const;
   bool type_ok(uint16_t type) const;
   bool accepting_incoming() const { return reset_state_ == ResetState::None; }
+  // Packets relayed from a sibling VM pass the same gate as host connects.
+  bool relay_open() const;
   bool rx_allowed() const;
   bool tx_allowed() const;
 

@@ -354,5 +354,88 @@ CONFORM_CASE(none_without_load,
   no_event();
 }
 
+// The restored guest's other source of incoming connections: a sibling VM.
+// Its REQUEST, sent between the event and the config re-read, is subject to
+// the same rule as a host CONNECT. The reference back-end holds it and
+// delivers it after the read (README, "Transport reset after a load", rule
+// 2); a back-end that refuses it with RST instead must let a REQUEST sent
+// after the read through.
+CONFORM_CASE(sibling_after_config_read,
+             .id = "transport_reset.sibling_after_config_read",
+             .requirements = {"VSOCK-RESET-EVENT", "VSOCK-RESET-CONNECT-AFTER-CID", "VSOCK-SIBLING-ROUTE"},
+             .summary = "after the event, a sibling VM's REQUEST reaches nothing until the driver re-reads guest_cid, "
+                        "then it (or a retry, if it was refused) arrives and carries data both ways",
+             .device = "vsock",
+             .protocol_features = {pf::DEVICE_STATE},
+             .timeout_ms = 10000,
+             .siblings = true) {
+  constexpr uint32_t kGuestPort = 7700, kSiblingPort = 7701;
+  // The sibling runs as an ordinary QEMU guest the whole time.
+  Ctx& sib = ctx.sibling();
+  QemuFrontend qa(sib);
+  qa.realize();
+  qa.start();
+  auto& a = qa.guest();
+  a.allow_peer(ctx.cid());
+
+  QemuFrontend q(ctx, restore_options());
+  restore(ctx, q);
+  const uint64_t acked = guest_acked(ctx);
+  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
+  auto& g = q.guest();
+  g.allow_peer(sib.cid());
+  g.post_rx_buffers();
+  ev.post(1);
+  start_all_rings(ctx, q, ev, acked);
+  expect_event_first(ctx, g, ev, 0);
+
+  // Once the sibling's back-end has taken the REQUEST off its tx ring, the
+  // packet is with the restored guest's device, which may pass it on at once
+  // (so the rx ring is compared with its state before the REQUEST) or later
+  // (so a quiet window follows).
+  const uint16_t rx_before = g.rx().used_idx();
+  const uint16_t taken = static_cast<uint16_t>(a.tx().dq().avail_idx() + 1);
+  GuestConn* ca = &a.connect_to(ctx.cid(), kSiblingPort, kGuestPort);
+  bool ok = a.wait_until([&] { return a.tx().used_idx() == taken; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok, fmt::format("the back-end to take the REQUEST of CID {} off that VM's tx ring", sib.cid()),
+        fmt::format("tx used idx {}, want {}", a.tx().used_idx(), taken));
+  const std::string before_read = fmt::format(
+      "towards the restored guest (CID {}) between TRANSPORT_RESET and its config re-read, while sibling CID {} sends "
+      "it a REQUEST",
+      ctx.cid(), sib.cid());
+  check(g.rx().used_idx() == rx_before, "no rx packet " + before_read,
+        fmt::format("rx used idx moved from {} to {} as the REQUEST was sent", rx_before, g.rx().used_idx()));
+  expect_quiet(ctx, before_read);
+  read_config(ctx);
+
+  for (auto& p : a.poll_rx()) a.backlog().push_back(std::move(p));
+  if (ca->reset) {
+    ctx.note("the back-end refused the sibling's REQUEST sent before the config read (RST); a new one was sent after it");
+    ca = &a.connect_to(ctx.cid(), kSiblingPort + 1, kGuestPort);
+  }
+  const uint32_t from_port = ca->local_port;
+  auto req = g.wait_rx(
+      [&](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == kGuestPort; },
+      std::min(ctx.remaining_ms(), 2000));
+  check(req.has_value(), fmt::format("the REQUEST of CID {} port {} after the config re-read", sib.cid(), from_port),
+        "nothing in 2 s");
+  check(req->hdr.src_cid == sib.cid() && req->hdr.src_port == from_port,
+        fmt::format("the REQUEST to come from {}:{}", sib.cid(), from_port), vs::describe(req->hdr));
+  auto& cb = g.accept(*req);
+  ok = a.wait_until([&] { return ca->established || ca->reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok && ca->established, fmt::format("the restored guest's RESPONSE to reach CID {}", sib.cid()),
+        ca->reset ? "RST" : "nothing in 2 s");
+
+  const std::string up = "sibling->restored;", down = "restored->sibling;";
+  a.write(*ca, up);
+  ok = g.wait_until([&] { return cb.received.size() >= up.size(); }, std::min(ctx.remaining_ms(), 2000));
+  check(ok && cb.received == up, fmt::format("the restored guest to receive \"{}\" exactly once", up),
+        fmt::format("\"{}\"", cb.received));
+  g.write(cb, down);
+  ok = a.wait_until([&] { return ca->received.size() >= down.size(); }, std::min(ctx.remaining_ms(), 2000));
+  check(ok && ca->received == down, fmt::format("the sibling to receive \"{}\" exactly once", down),
+        fmt::format("\"{}\"", ca->received));
+}
+
 }  // namespace
 }  // namespace conform

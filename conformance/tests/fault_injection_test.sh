@@ -123,8 +123,12 @@ run_line() {
   local t0=$SECONDS spec=upstream
   # The back-end follows the same spec text as the runner.
   [[ " ${l_args[i]} " =~ \ --spec\ ([a-z]+)\  ]] && spec=${BASH_REMATCH[1]}
+  # The cases that need a sibling VM get the same fault in a two-VM back-end.
+  local vms="--vm guest-cid={cid},socket={socket},uds-path={uds},groups=g"
+  vms+=" --vm guest-cid={cid2},socket={socket2},uds-path={uds2},groups=g"
   # shellcheck disable=SC2086  # the options are words on purpose
   "$runner" --spawn "$faulty --fault $f --spec $spec --socket {socket} --uds-path {uds} --guest-cid {cid}" \
+    --spawn-siblings "$faulty --fault $f --spec $spec $vms" \
     --jobs "$jobs" --no-progress --junit "$base.xml" ${l_args[i]} >"$base.log" 2>&1
   local rc=$?
   local got

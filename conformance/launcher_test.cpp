@@ -1,0 +1,144 @@
+#include "launcher.h"
+
+#include <gtest/gtest.h>
+
+#include "case.h"
+#include "profiles.h"
+#include "runner.h"
+
+namespace conform {
+namespace {
+
+Placeholders sample() {
+  Placeholders p;
+  p.dir = "/tmp/d";
+  p.socket = "/tmp/d/a.sock";
+  p.uds = "/tmp/d/a.uds";
+  p.cid = 7;
+  p.socket2 = "/tmp/d/b.sock";
+  p.uds2 = "/tmp/d/b.uds";
+  p.cid2 = 1007;
+  return p;
+}
+
+TEST(Substitute, EveryPlaceholder) {
+  EXPECT_EQ(substitute("be --socket {socket} --uds-path {uds} --guest-cid {cid} -C {dir}", sample()),
+            "be --socket /tmp/d/a.sock --uds-path /tmp/d/a.uds --guest-cid 7 -C /tmp/d");
+  EXPECT_EQ(substitute("--vm guest-cid={cid2},socket={socket2},uds-path={uds2}", sample()),
+            "--vm guest-cid=1007,socket=/tmp/d/b.sock,uds-path=/tmp/d/b.uds");
+}
+
+TEST(Substitute, FirstVmNamesDoNotSwallowSecond) {
+  // {socket} is a prefix of {socket2} but for the brace: each must stay itself.
+  EXPECT_EQ(substitute("{socket}{socket2}{uds}{uds2}{cid}{cid2}", sample()),
+            "/tmp/d/a.sock/tmp/d/b.sock/tmp/d/a.uds/tmp/d/b.uds71007");
+}
+
+TEST(Substitute, OtherTextUntouched) {
+  EXPECT_EQ(substitute("{socket3} {cid {} }{", sample()), "{socket3} {cid {} }{");
+  EXPECT_EQ(substitute("", sample()), "");
+}
+
+TEST(Profiles, RefHasTwoVmTemplateWithSpecPassedThrough) {
+  auto one = profile_target("ref", "/bin", vhu::SpecText::Newest);
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->command.find("{socket2}"), std::string::npos);
+  auto two = profile_target("ref", "/bin", vhu::SpecText::Newest, true);
+  ASSERT_TRUE(two);
+  EXPECT_EQ(two->mode, TargetMode::Spawn);
+  EXPECT_EQ(two->command.rfind("/bin/vhost-user-vsock-ref ", 0), 0u) << two->command;
+  EXPECT_NE(two->command.find("--spec newest"), std::string::npos) << two->command;
+  for (const char* key : {"{socket}", "{uds}", "{cid}", "{socket2}", "{uds2}", "{cid2}"})
+    EXPECT_NE(two->command.find(key), std::string::npos) << key << " in " << two->command;
+}
+
+TEST(Profiles, NoTwoVmTemplateElsewhere) {
+  EXPECT_TRUE(profile_target("dpdk", "/bin", vhu::SpecText::Upstream));
+  EXPECT_FALSE(profile_target("dpdk", "/bin", vhu::SpecText::Upstream, true));
+  EXPECT_FALSE(profile_target("nonesuch", "/bin", vhu::SpecText::Upstream, true));
+}
+
+TEST(Backend, SecondVmOfASpawnedBackend) {
+  TargetSpec t;
+  t.mode = TargetMode::Spawn;
+  t.command = "sleep 30";
+  auto b = Backend::launch(t, 5);
+  ASSERT_TRUE(b) << b.message();
+  const Placeholders& p = (*b)->placeholders();
+  EXPECT_EQ(p.cid2, 5 + Placeholders::kSecondCidOffset);
+  EXPECT_NE(p.socket2, p.socket);
+  EXPECT_NE(p.uds2, p.uds);
+  auto v = (*b)->second_vm();
+  ASSERT_TRUE(v) << v.message();
+  EXPECT_EQ((*v)->placeholders().socket, p.socket2);
+  EXPECT_EQ((*v)->placeholders().uds, p.uds2);
+  EXPECT_EQ((*v)->placeholders().cid, p.cid2);
+  // The process is the first Backend's: the view reports it, and stopping it
+  // through the view is impossible.
+  EXPECT_TRUE((*v)->spawned());
+  EXPECT_EQ((*v)->pid(), (*b)->pid());
+  (*v)->terminate(10);
+  EXPECT_TRUE((*b)->alive());
+  (*b)->terminate(1000);
+  EXPECT_FALSE((*v)->alive());
+}
+
+TEST(Backend, NoSecondVmWithoutSpawn) {
+  TargetSpec t;
+  t.mode = TargetMode::Connect;
+  t.path = "/nonexistent.sock";
+  auto b = Backend::launch(t, 3);
+  ASSERT_TRUE(b) << b.message();
+  EXPECT_FALSE((*b)->second_vm());
+}
+
+// A sibling case runs on the sibling target and sees the second VM's values;
+// every other case keeps the one-VM target.
+TEST(Runner, SiblingCasesUseTheTwoVmTarget) {
+  RunConfig cfg;
+  cfg.target.mode = TargetMode::Spawn;
+  cfg.target.command = "sleep 30 # one-vm";
+  TargetSpec two;
+  two.mode = TargetMode::Spawn;
+  two.command = "sleep 30 # two-vm {socket2} {uds2} {cid2}";
+  cfg.sibling_target = two;
+
+  std::string seen;
+  CaseInfo plain{.id = "t.plain", .requirements = {"X"}, .summary = "s"};
+  plain.body = [&](Ctx& ctx) { seen = ctx.backend().command_line(); };
+  CaseResult r = run_one(plain, cfg, 9);
+  EXPECT_EQ(r.verdict, Verdict::Pass) << r.message;
+  EXPECT_NE(seen.find("one-vm"), std::string::npos) << seen;
+
+  uint64_t sib_cid = 0;
+  std::string sib_uds;
+  CaseInfo sib{.id = "t.sib", .requirements = {"X"}, .summary = "s", .siblings = true};
+  sib.body = [&](Ctx& ctx) {
+    seen = ctx.backend().command_line();
+    sib_cid = ctx.sibling().cid();
+    sib_uds = ctx.sibling().host().uds();
+  };
+  r = run_one(sib, cfg, 9);
+  EXPECT_EQ(r.verdict, Verdict::Pass) << r.message;
+  EXPECT_NE(seen.find("two-vm"), std::string::npos) << seen;
+  EXPECT_EQ(sib_cid, 9 + Placeholders::kSecondCidOffset);
+  EXPECT_NE(seen.find(sib_uds), std::string::npos) << seen;
+  EXPECT_NE(seen.find(" 1009"), std::string::npos) << seen;
+}
+
+TEST(Runner, SiblingCaseSkippedWithoutTwoVmTarget) {
+  RunConfig cfg;
+  cfg.target.mode = TargetMode::Spawn;
+  cfg.target.command = "exit 1";  // must not even be started
+  bool ran = false;
+  CaseInfo sib{.id = "t.sib", .requirements = {"X"}, .summary = "s", .siblings = true};
+  sib.body = [&](Ctx&) { ran = true; };
+  CaseResult r = run_one(sib, cfg, 3);
+  EXPECT_EQ(r.verdict, Verdict::Skip);
+  EXPECT_FALSE(ran);
+  EXPECT_NE(r.message.find("--spawn-siblings"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("{socket2}"), std::string::npos) << r.message;
+}
+
+}  // namespace
+}  // namespace conform
