@@ -1,13 +1,14 @@
 // Fuzz target `vhost_user_socket`: the inputs of `vhost_user_messages` (the
 // same framing, fuzz/README.md) sent as a front-end sends them, over a Unix
-// socket with SCM_RIGHTS, to a whole vsockref::Vm: its MessageReader (byte
-// stream reassembly, fd collection, size limits), its reply queue, session
-// teardown and restart, and the host side (HostListener and the CONNECT
-// handshake on uds-path). `vhost_user_messages` calls Backend::handle()
-// directly and is several times faster; this target is for the layers that
-// one skips. Replies are read back with libvhu's Channel, the runner's own
-// reader, and every request and reply is printed with vhu::describe() as the
-// runner and a debug-level back-end do, so the printers meet hostile payloads.
+// socket with SCM_RIGHTS, to a whole vsockref::Vm listening on a socket path
+// as vhost-user-vsock-ref does: its MessageReader (byte stream reassembly, fd
+// collection, size limits), its reply queue, session teardown and restart,
+// and the host side (HostListener and the CONNECT handshake on uds-path).
+// `vhost_user_messages` calls Backend::handle() directly and is several times
+// faster; this target is for the layers that one skips. Replies are read
+// back with libvhu's Channel, the runner's own reader, and every request and
+// reply is printed with vhu::describe() as the runner and a debug-level
+// back-end do, so the printers meet hostile payloads.
 //
 // Two actions of its own, beyond those of `vhost_user_messages`:
 //   0xffff0005 raw:  the payload bytes go onto the socket as they are, with
@@ -23,29 +24,24 @@
 // need_reply, at most the fds its request's reply takes (Channel::recv
 // refuses the rest); while the stream is in step, a need_reply request is
 // answered exactly once unless the back-end hung up, any other at most once
-// and only when the request has a reply of its own, and each reply echoes
-// its request. After the input: no fd is left open.
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
+// and only when the request has a reply of its own, each reply echoes its
+// request, and an action draws no reply; after a hang-up the Vm has dropped
+// the session and accepts the next front-end. After the input: no fd is left
+// open.
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <array>
-#include <bitset>
 #include <csignal>
 #include <cstdlib>
 #include <deque>
-#include <map>
 #include <string>
 #include <vector>
 
+#include "frontend_fds.h"
 #include "fuzz_input.h"
 #include "log.h"
 #include "router.h"
 #include "vhu/channel.h"
-#include "vhu/fuzz_fds.h"
 #include "vhu/fuzz_framing.h"
 #include "vhu/messages.h"
 #include "vm.h"
@@ -113,58 +109,10 @@ class Harness {
   // device polls keeps it busy).
   void settle() {
     for (int round = 0; round < 64; ++round) {
-      drain_save_pipe();
+      fds_.drain_save();
       if (loop_.run_once(0) == 0) break;
     }
-    drain_save_pipe();
-  }
-
-  void drain_save_pipe() {
-    if (!state_read_) return;
-    uint8_t buf[4096];
-    while (::read(state_read_.get(), buf, sizeof buf) > 0) {
-    }
-  }
-
-  vhu::UniqueFd make_memfd(uint64_t bytes) {
-    vhu::UniqueFd fd(::memfd_create("vhu-fuzz-region", MFD_CLOEXEC));
-    VHU_FUZZ_CHECK(fd.valid());
-    VHU_FUZZ_CHECK(::ftruncate(fd.get(), static_cast<off_t>(bytes)) == 0);
-    regions_.emplace_back(::dup(fd.get()), bytes);
-    if (regions_.size() > vhu::fuzz::kPokeRegions) regions_.pop_front();
-    return fd;
-  }
-
-  static vhu::UniqueFd make_eventfd(bool signalled) {
-    vhu::UniqueFd fd(::eventfd(signalled ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK));
-    VHU_FUZZ_CHECK(fd.valid());
-    return fd;
-  }
-
-  vhu::UniqueFd make_fd(const vhu::Message& m, size_t i, bool signalled) {
-    const vhu::fuzz::FdPlan p = vhu::fuzz::plan_fd(m, i);
-    switch (p.kind) {
-      case vhu::fuzz::FdKind::Memfd:
-        return make_memfd(p.memfd_bytes);
-      case vhu::fuzz::FdKind::StatePipe: {
-        int fds[2];
-        VHU_FUZZ_CHECK(::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0);
-        state_write_.reset();
-        state_read_.reset();
-        // Load: the back-end reads, we write. Anything else: it writes, we drain.
-        if (p.load) {
-          state_write_ = vhu::UniqueFd(fds[1]);
-          return vhu::UniqueFd(fds[0]);
-        }
-        state_read_ = vhu::UniqueFd(fds[0]);
-        return vhu::UniqueFd(fds[1]);
-      }
-      case vhu::fuzz::FdKind::Eventfd:
-        break;
-    }
-    vhu::UniqueFd fd = make_eventfd(signalled);
-    if (p.kick_ring) kicks_[*p.kick_ring] = vhu::UniqueFd(::dup(fd.get()));
-    return fd;
+    fds_.drain_save();
   }
 
   void message(const fr::RecordHeader& h, std::span<const uint8_t> payload) {
@@ -173,7 +121,7 @@ class Harness {
     m.hdr.flags = h.flags;
     m.set_payload_bytes(payload);
     const size_t nfds = vhu::fuzz::fd_count(h, m);
-    for (size_t i = 0; i < nfds; ++i) m.fds.push_back(make_fd(m, i, (h.aux & fr::kAuxSignal) != 0));
+    for (size_t i = 0; i < nfds; ++i) m.fds.push_back(fds_.make(m, i, (h.aux & fr::kAuxSignal) != 0));
     (void)vhu::describe(vhu::Plane::Frontend, m);
     (void)vhu::check_fd_count(vhu::Plane::Frontend, m);  // the runner's own check of what it sends
     if (!chan_.send(m)) {
@@ -187,11 +135,10 @@ class Harness {
     bool closed = collect(replies);
     const vhu::RequestInfo* info = vhu::request_info(vhu::Plane::Frontend, m.hdr.request);
     const bool expects = m.need_reply() || (info && info->has_own_reply());
-    if (!closed && replies.empty() && expects && (state_write_ || state_read_)) {
+    if (!closed && replies.empty() && expects && fds_.transfer_open()) {
       // A deferred CHECK_DEVICE_STATE: the front-end closes its end of the
       // pipe once the state is written, so we do that if the input did not.
-      state_write_.reset();
-      state_read_.reset();
+      fds_.close_transfer();
       settle();
       closed = collect(replies);
     }
@@ -232,61 +179,39 @@ class Harness {
 
   void action(const fr::RecordHeader& h, std::span<const uint8_t> payload) {
     vhu::fuzz::Input in(payload.data(), payload.size());
-    switch (h.request) {
-      case fr::kActionKick: {
-        auto it = kicks_.find(static_cast<uint8_t>(in.take<uint32_t>()));
-        if (it != kicks_.end()) {
-          const uint64_t one = 1;
-          (void)!::write(it->second.get(), &one, sizeof one);
-        }
-        break;
-      }
-      case fr::kActionPoke: {
-        if (regions_.empty()) break;
-        auto& [fd, bytes] = regions_[h.flags % regions_.size()];
-        const uint64_t off = in.take<uint64_t>() % bytes;
-        const auto data = in.rest();
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(data.size(), bytes - off));
-        if (n) VHU_FUZZ_CHECK(::pwrite(fd.get(), data.data(), n, static_cast<off_t>(off)) == static_cast<ssize_t>(n));
-        break;
-      }
-      case fr::kActionStatePipe: {
-        if (!state_write_) break;
-        const auto data = in.rest();
-        (void)!::write(state_write_.get(), data.data(), data.size());
-        if (h.flags & 1) state_write_.reset();
-        break;
-      }
-      case fr::kActionDisconnect:
-        hung_up();
-        return;
-      case kActionRaw: {
-        std::vector<vhu::UniqueFd> owned;
-        std::vector<int> fds;
-        for (size_t i = 0; h.fds && i < std::min<size_t>(h.fds - 1u, vhu::kMaxFds); ++i) {
-          owned.push_back(make_eventfd(false));
-          fds.push_back(owned.back().get());
-        }
-        in_step_ = false;
-        if (!chan_.send_raw(in.rest(), fds)) {
+    if (!fds_.action(h, in)) {
+      switch (h.request) {
+        case fr::kActionDisconnect:
           hung_up();
           return;
+        case kActionRaw: {
+          std::vector<vhu::UniqueFd> owned;
+          std::vector<int> fds;
+          for (size_t i = 0; h.fds && i < std::min<size_t>(h.fds - 1u, vhu::kMaxFds); ++i) {
+            owned.push_back(vhu::fuzz::eventfds().take(false));
+            fds.push_back(owned.back().get());
+          }
+          in_step_ = false;
+          if (!chan_.send_raw(in.rest(), fds)) {
+            hung_up();
+            return;
+          }
+          break;
         }
-        break;
-      }
-      case kActionHost: {
-        auto c = vhu::connect_unix(uds_path());
-        VHU_FUZZ_CHECK(c.ok());  // the backlog (128) outlasts any input's connections
-        const auto data = in.rest();
-        if (!data.empty()) (void)!::send(c->get(), data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (!(h.flags & 1)) {
-          hosts_.push_back(std::move(*c));
-          if (hosts_.size() > kMaxHostPeers) hosts_.pop_front();
+        case kActionHost: {
+          auto c = vhu::connect_unix(uds_path());
+          VHU_FUZZ_CHECK(c.ok());  // the backlog (128) outlasts any input's connections
+          const auto data = in.rest();
+          if (!data.empty()) (void)!::send(c->get(), data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+          if (!(h.flags & 1)) {
+            hosts_.push_back(std::move(*c));
+            if (hosts_.size() > kMaxHostPeers) hosts_.pop_front();
+          }
+          break;
         }
-        break;
+        default:
+          break;
       }
-      default:
-        break;
     }
     settle();
     std::vector<vhu::Message> replies;
@@ -303,30 +228,9 @@ class Harness {
   vsockref::Vm vm_;
   vhu::Channel chan_;
   bool in_step_ = true;
-  std::deque<std::pair<vhu::UniqueFd, uint64_t>> regions_;
-  std::map<uint8_t, vhu::UniqueFd> kicks_;
-  vhu::UniqueFd state_write_, state_read_;
+  vhu::fuzz::FrontendFds fds_;
   std::deque<vhu::UniqueFd> hosts_;
 };
-
-// The fd-leak check of vhost_user_messages.cpp: one poll() over a window of
-// fds from the lowest free one (a closed fd comes back POLLNVAL).
-constexpr int kFdWindow = 128;
-std::bitset<kFdWindow> open_fds(int first) {
-  std::array<pollfd, kFdWindow> p{};
-  for (int i = 0; i < kFdWindow; ++i) p[i].fd = first + i;
-  VHU_FUZZ_CHECK(::poll(p.data(), p.size(), 0) >= 0);
-  std::bitset<kFdWindow> open;
-  for (int i = 0; i < kFdWindow; ++i) open[i] = !(p[i].revents & POLLNVAL);
-  return open;
-}
-
-int lowest_free_fd() {
-  const int fd = ::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
-  VHU_FUZZ_CHECK(fd >= 0);
-  ::close(fd);
-  return fd;
-}
 
 }  // namespace
 
@@ -343,24 +247,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static bool initialised = (LLVMFuzzerInitialize(nullptr, nullptr), true);
   (void)initialised;
-  const int first_free = lowest_free_fd();
-  const std::bitset<kFdWindow> preopen = open_fds(first_free);
-  {
-    Harness h;
-    vhu::fuzz::Input in(data, size);
-    while (in.remaining() >= sizeof(fr::RecordHeader)) {
-      const auto hdr = in.take<fr::RecordHeader>();
-      if (hdr.size > fr::kMaxPayload || hdr.size > in.remaining()) break;
-      h.record(hdr, in.bytes(hdr.size));
-    }
-  }
-  const std::bitset<kFdWindow> leaked = open_fds(first_free) & ~preopen;
-  for (int fd = first_free; leaked.any() && fd < first_free + kFdWindow; ++fd) {
-    if (!leaked[fd - first_free]) continue;
-    char what[256] = {};
-    (void)!::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), what, sizeof what - 1);
-    std::fprintf(stderr, "fd %d (%s) left open\n", fd, what);
-    VHU_FUZZ_CHECK(!"fd leaked");
-  }
+  vhu::fuzz::run_records<Harness>(data, size);
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <stdexcept>
 
 #include "device_state.h"
 #include "test_guest.h"
@@ -437,20 +438,36 @@ TEST(Integration, SeqpacketKeepsMessageBoundaries) {
   EXPECT_TRUE(got == msg);
 }
 
+// A second VM (CID 4) in the harness's loop and group, served through its
+// own socketpair; torn down on the loop thread, which owns it.
+struct SiblingVm {
+  explicit SiblingVm(Harness& h) : h_(h) {
+    VmConfig c;
+    c.guest_cid = 4;
+    c.uds_path = h.dir + "/u4";
+    auto pair = vhu::socket_pair();
+    if (!pair.ok()) throw std::runtime_error("socketpair: " + pair.message());
+    h.on_loop([&] {
+      vm_ = std::make_unique<Vm>(h.loop, c, &h.router);
+      vm_->serve(std::move(pair->second));
+    });
+    guest = std::make_unique<Guest>(std::move(pair->first), 4);
+  }
+  ~SiblingVm() {
+    guest.reset();
+    h_.on_loop([&] { vm_.reset(); });
+  }
+  std::unique_ptr<Guest> guest;
+
+ private:
+  Harness& h_;
+  std::unique_ptr<Vm> vm_;
+};
+
 TEST(Integration, SiblingsInOneGroupReachEachOther) {
-  // Two VMs in one loop, the second through its own socketpair.
   Harness h;
-  VmConfig c2;
-  c2.guest_cid = 4;
-  c2.uds_path = h.dir + "/u4";
-  auto pair = vhu::socket_pair();
-  ASSERT_TRUE(pair.ok());
-  std::unique_ptr<Vm> vm2;
-  h.on_loop([&] {
-    vm2 = std::make_unique<Vm>(h.loop, c2, &h.router);
-    vm2->serve(std::move(pair->second));
-  });
-  Guest g2(std::move(pair->first), 4);
+  SiblingVm sib(h);
+  Guest& g2 = *sib.guest;
   Guest& g = *h.guest;
   g.realize(kQemuPf);
   g2.realize(kQemuPf);
@@ -468,22 +485,12 @@ TEST(Integration, SiblingsInOneGroupReachEachOther) {
   ASSERT_TRUE(p);
   EXPECT_EQ(p->hdr.op, op(Op::RESPONSE));
   EXPECT_EQ(p->hdr.src_cid, 4u);
-  h.on_loop([&] { vm2.reset(); });
 }
 
 TEST(Integration, SiblingPacketsWaitForTheConfigReadAfterALoad) {
   Harness h;
-  VmConfig c2;
-  c2.guest_cid = 4;
-  c2.uds_path = h.dir + "/u4";
-  auto pair = vhu::socket_pair();
-  ASSERT_TRUE(pair.ok());
-  std::unique_ptr<Vm> vm2;
-  h.on_loop([&] {
-    vm2 = std::make_unique<Vm>(h.loop, c2, &h.router);
-    vm2->serve(std::move(pair->second));
-  });
-  Guest g2(std::move(pair->first), 4);
+  SiblingVm sib(h);
+  Guest& g2 = *sib.guest;
   g2.realize(kQemuPf);
   g2.post_rx(16);
   g2.start();
@@ -508,7 +515,6 @@ TEST(Integration, SiblingPacketsWaitForTheConfigReadAfterALoad) {
   EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
   EXPECT_EQ(p->hdr.src_cid, 4u);
   EXPECT_EQ(p->hdr.dst_port, 80u);
-  h.on_loop([&] { vm2.reset(); });
 }
 
 TEST(Integration, SurplusFdsDoNotAccumulate) {

@@ -123,6 +123,14 @@ void Vm::update_interest() {
 void Vm::on_frontend(uint32_t events) {
   if (events & EPOLLOUT) flush();
   if (!conn_) return;
+  // While a reply is deferred nothing is read, but epoll reports a hang-up
+  // whatever the interest: waiting for the transfer (up to its timeout, if the
+  // state fd never ends) would spin the loop and keep the next front-end out.
+  // Nobody is left to read the deferred reply.
+  if (paused_ && (events & (EPOLLHUP | EPOLLERR))) {
+    drop_frontend("front-end hung up while a reply was deferred");
+    return;
+  }
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_messages();
 }
 

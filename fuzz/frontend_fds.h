@@ -1,0 +1,231 @@
+// The front-end's side of the fds that the `vhost_user_messages` framing's
+// messages carry, shared by the targets that speak it (vhost_user_messages,
+// vhost_user_socket): which fd a message gets follows vhu/fuzz_fds.h (the
+// rules the black-box fuzzer uses too); this file makes them, keeps the
+// front-end's ends, runs the harness actions that use them (kick, poke guest
+// memory, feed the state pipe), runs an input's records, and checks that it
+// leaves no fd open.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <bitset>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "fuzz_input.h"
+#include "vhu/fuzz_fds.h"
+#include "vhu/fuzz_framing.h"
+#include "vhu/messages.h"
+#include "vhu/unique_fd.h"
+
+namespace vhu::fuzz {
+
+// Eventfds handed out as dups of eventfds that live as long as the process:
+// making and destroying one (an anonymous inode each) was the harnesses'
+// largest cost, a dup and a read are cheap. Each pool entry goes out at most
+// once per input, so no two fds of one input share a counter, and is drained
+// as it goes out, so no count one input left is seen by the next. The
+// back-end's dups are closed by the end of the input (the leak check says
+// so), and its epoll set with them.
+class EventfdPool {
+ public:
+  static constexpr size_t kSize = 64;
+  EventfdPool() {
+    for (auto& fd : pool_) {
+      fd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      VHU_FUZZ_CHECK(fd.valid());
+    }
+  }
+  void new_input() { next_ = 0; }
+  UniqueFd take(bool signalled) {
+    if (next_ == pool_.size()) {  // an input with more eventfds than the pool
+      UniqueFd fd(::eventfd(signalled ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK));
+      VHU_FUZZ_CHECK(fd.valid());
+      return fd;
+    }
+    const int fd = pool_[next_++].get();
+    uint64_t v;
+    (void)!::read(fd, &v, sizeof v);
+    if (signalled) {
+      v = 1;
+      VHU_FUZZ_CHECK(::write(fd, &v, sizeof v) == sizeof v);
+    }
+    UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    VHU_FUZZ_CHECK(dup.valid());
+    return dup;
+  }
+
+ private:
+  std::array<UniqueFd, kSize> pool_;
+  size_t next_ = 0;
+};
+
+// Made on the first call, before the first input's fds are counted, so the
+// pool is no leak; never destroyed: the engine may exit from any thread.
+inline EventfdPool& eventfds() {
+  static EventfdPool* pool = new EventfdPool;
+  return *pool;
+}
+
+class FrontendFds {
+ public:
+  // The fd for position `i` of message `m`, of the kind vhu/fuzz_fds.h says.
+  UniqueFd make(const Message& m, size_t i, bool signalled) {
+    const FdPlan p = plan_fd(m, i);
+    switch (p.kind) {
+      case FdKind::Memfd:
+        return make_memfd(p.memfd_bytes);
+      case FdKind::StatePipe: {
+        int fds[2];
+        VHU_FUZZ_CHECK(::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0);
+        close_transfer();
+        // Load: the back-end reads, we write. Anything else: it writes, we drain.
+        if (p.load) {
+          state_write_ = UniqueFd(fds[1]);
+          return UniqueFd(fds[0]);
+        }
+        state_read_ = UniqueFd(fds[0]);
+        return UniqueFd(fds[1]);
+      }
+      case FdKind::Eventfd:
+        break;
+    }
+    UniqueFd fd = eventfds().take(signalled);
+    if (p.kick_ring) kicks_[*p.kick_ring] = UniqueFd(::dup(fd.get()));
+    return fd;
+  }
+
+  // kActionKick, kActionPoke and kActionStatePipe; false for any other record.
+  bool action(const framing::RecordHeader& h, Input& in) {
+    switch (h.request) {
+      case framing::kActionKick: {
+        auto it = kicks_.find(static_cast<uint8_t>(in.take<uint32_t>()));
+        if (it != kicks_.end()) {
+          const uint64_t one = 1;
+          (void)!::write(it->second.get(), &one, sizeof one);
+        }
+        return true;
+      }
+      case framing::kActionPoke: {
+        if (regions_.empty()) return true;
+        auto& [fd, bytes] = regions_[h.flags % regions_.size()];
+        const uint64_t off = in.take<uint64_t>() % bytes;
+        const auto data = in.rest();
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(data.size(), bytes - off));
+        if (n) VHU_FUZZ_CHECK(::pwrite(fd.get(), data.data(), n, static_cast<off_t>(off)) == static_cast<ssize_t>(n));
+        return true;
+      }
+      case framing::kActionStatePipe: {
+        if (!state_write_) return true;
+        const auto data = in.rest();
+        (void)!::write(state_write_.get(), data.data(), data.size());
+        if (h.flags & 1) state_write_.reset();
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  // What the front-end does meanwhile: drain the pipe of a save.
+  void drain_save() {
+    if (!state_read_) return;
+    uint8_t buf[4096];
+    while (::read(state_read_.get(), buf, sizeof buf) > 0) {
+    }
+  }
+  bool transfer_open() const { return state_write_.valid() || state_read_.valid(); }
+  // A real front-end closes its end once the state is written or read.
+  void close_transfer() {
+    state_write_.reset();
+    state_read_.reset();
+  }
+
+ private:
+  UniqueFd make_memfd(uint64_t bytes) {
+    UniqueFd fd(::memfd_create("vhu-fuzz-region", MFD_CLOEXEC));
+    VHU_FUZZ_CHECK(fd.valid());
+    VHU_FUZZ_CHECK(::ftruncate(fd.get(), static_cast<off_t>(bytes)) == 0);
+    regions_.emplace_back(UniqueFd(::dup(fd.get())), bytes);
+    if (regions_.size() > kPokeRegions) regions_.pop_front();
+    return fd;
+  }
+
+  std::deque<std::pair<UniqueFd, uint64_t>> regions_;
+  std::map<uint8_t, UniqueFd> kicks_;
+  UniqueFd state_write_, state_read_;
+};
+
+// No fd the input opened is left open: taken before the input (the engine
+// and the sanitizers open fds of their own between inputs, the symbolizer's
+// pipes, which are no leak of ours), verified after it. An input opens far
+// fewer than kWindow fds at a time (8 per message, a few memory files and
+// rings). One poll() answers for the whole window (a closed fd comes back
+// POLLNVAL): a syscall per fd cost a fifth of a target's time.
+class FdLeakCheck {
+ public:
+  static constexpr int kWindow = 128;
+  FdLeakCheck() : first_(lowest_free()), before_(open_fds(first_)) {}
+  void verify() const {
+    const std::bitset<kWindow> leaked = open_fds(first_) & ~before_;
+    for (int fd = first_; leaked.any() && fd < first_ + kWindow; ++fd) {
+      if (!leaked[fd - first_]) continue;
+      char what[256] = {};
+      (void)!::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), what, sizeof what - 1);
+      std::fprintf(stderr, "fd %d (%s) left open\n", fd, what);
+      VHU_FUZZ_CHECK(!"fd leaked");
+    }
+  }
+
+ private:
+  // The kernel hands out the lowest free number; a dup of stderr (open in
+  // any process the engine runs) is the cheapest way to ask.
+  static int lowest_free() {
+    const int fd = ::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
+    VHU_FUZZ_CHECK(fd >= 0);
+    ::close(fd);
+    return fd;
+  }
+  static std::bitset<kWindow> open_fds(int first) {
+    std::array<pollfd, kWindow> p{};
+    for (int i = 0; i < kWindow; ++i) p[i].fd = first + i;
+    VHU_FUZZ_CHECK(::poll(p.data(), p.size(), 0) >= 0);
+    std::bitset<kWindow> open;
+    for (int i = 0; i < kWindow; ++i) open[i] = !(p[i].revents & POLLNVAL);
+    return open;
+  }
+
+  int first_;
+  std::bitset<kWindow> before_;
+};
+
+// One input through a fresh Harness (a class with record(header, payload)):
+// each record in turn, a record cut short by the end of the input dropped;
+// then no fd the input opened may be left open.
+template <class Harness>
+void run_records(const uint8_t* data, size_t size) {
+  eventfds().new_input();
+  const FdLeakCheck leaks;
+  {
+    Harness h;
+    Input in(data, size);
+    while (in.remaining() >= sizeof(framing::RecordHeader)) {
+      const auto hdr = in.take<framing::RecordHeader>();
+      if (hdr.size > framing::kMaxPayload || hdr.size > in.remaining()) break;
+      h.record(hdr, in.bytes(hdr.size));
+    }
+  }
+  leaks.verify();
+}
+
+}  // namespace vhu::fuzz
