@@ -55,16 +55,18 @@ TEST(Credit, LocalBufferAcceptsOnlyWithinCredit) {
   EXPECT_TRUE(l.can_accept(100));
 }
 
-TEST(Credit, UpdateDueOnceTheGuestsViewDropsBelowHalf) {
+TEST(Credit, UpdateDueOnceTheGuestBelievesAQuarterInUse) {
   LocalCredit l;
   l.buf_alloc = 100;
-  l.rx_cnt = 40;
-  l.fwd_cnt = 40;
-  EXPECT_FALSE(l.update_due());  // the guest still believes 60 are free
-  l.rx_cnt = 70;
-  l.fwd_cnt = 70;
+  l.rx_cnt = 25;
+  l.fwd_cnt = 25;
+  EXPECT_FALSE(l.update_due());  // the guest still believes 75 are free
+  l.rx_cnt = 26;
+  l.fwd_cnt = 26;
   EXPECT_TRUE(l.update_due());
-  l.reported_fwd = 70;
+  l.reported_fwd = 26;
+  EXPECT_FALSE(l.update_due());
+  l.rx_cnt = 90;  // received but not forwarded: nothing new to tell
   EXPECT_FALSE(l.update_due());
 }
 
