@@ -112,6 +112,9 @@ CONFORM_CASE(kick_no_fd_flag,
   fe.set_vring_fd(FrontendReq::SET_VRING_KICK, vs::kTxQueue, -1);
   ctx.expect_alive("after SET_VRING_KICK with the invalid-FD flag");
   tx_consume(ctx, g, 2, "without any kick (the ring is polled)", false);
+  // The first buffers may be taken by a pass the back-end makes after
+  // answering the last message; these come when no message is left to answer.
+  tx_consume(ctx, g, 2, "again without any kick, with no front-end message since the last ones", false);
 }
 
 CONFORM_CASE(start_on_kick,
