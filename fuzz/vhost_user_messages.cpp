@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "backend.h"
+#include "backend_process.h"
 #include "frontend_fds.h"
 #include "fuzz_input.h"
-#include "log.h"
 #include "vhu/fuzz_framing.h"
 #include "vhu/messages.h"
 
@@ -152,11 +152,7 @@ class Harness {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  // Quiet unless VHU_FUZZ_LOG names a level (to see what a crash input does).
-  vsockref::LogLevel level = vsockref::LogLevel::Off;
-  if (const char* env = std::getenv("VHU_FUZZ_LOG")) (void)vsockref::parse_log_level(env, level);
-  vsockref::set_log_level(level);
-  std::signal(SIGPIPE, SIG_IGN);  // as vhost-user-vsock-ref's main() does
+  vhu::fuzz::init_backend_process();
   return 0;
 }
 

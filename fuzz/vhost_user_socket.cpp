@@ -37,9 +37,9 @@
 #include <string>
 #include <vector>
 
+#include "backend_process.h"
 #include "frontend_fds.h"
 #include "fuzz_input.h"
-#include "log.h"
 #include "router.h"
 #include "vhu/channel.h"
 #include "vhu/fuzz_framing.h"
@@ -235,10 +235,7 @@ class Harness {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  vsockref::LogLevel level = vsockref::LogLevel::Off;
-  if (const char* env = std::getenv("VHU_FUZZ_LOG")) (void)vsockref::parse_log_level(env, level);
-  vsockref::set_log_level(level);
-  std::signal(SIGPIPE, SIG_IGN);  // as vhost-user-vsock-ref's main() does
+  vhu::fuzz::init_backend_process();
   ::unlink(vhost_user_path().c_str());  // left by a run that crashed
   ::unlink(uds_path().c_str());
   return 0;

@@ -30,8 +30,8 @@
 #include <string>
 #include <vector>
 
+#include "backend_process.h"
 #include "fuzz_input.h"
-#include "log.h"
 #include "vhu/guest_memory.h"
 #include "vhu/virtqueue.h"
 #include "vhu/virtqueue_driver.h"
@@ -448,11 +448,7 @@ class Harness {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  // Quiet unless VHU_FUZZ_LOG names a level (to see what a crash input does).
-  vsockref::LogLevel level = vsockref::LogLevel::Off;
-  if (const char* env = std::getenv("VHU_FUZZ_LOG")) (void)vsockref::parse_log_level(env, level);
-  vsockref::set_log_level(level);
-  std::signal(SIGPIPE, SIG_IGN);
+  vhu::fuzz::init_backend_process();
   (void)listeners();
   return 0;
 }
