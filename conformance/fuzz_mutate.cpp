@@ -11,16 +11,9 @@ namespace fr = vhu::fuzz::framing;
 
 Input parse(std::span<const uint8_t> bytes) {
   Input out;
-  size_t pos = 0;
-  while (bytes.size() - pos >= sizeof(fr::RecordHeader)) {
-    Record r;
-    std::memcpy(&r.hdr, bytes.data() + pos, sizeof r.hdr);
-    pos += sizeof r.hdr;
-    if (r.hdr.size > fr::kMaxPayload || r.hdr.size > bytes.size() - pos) break;
-    r.payload.assign(bytes.begin() + static_cast<ptrdiff_t>(pos), bytes.begin() + static_cast<ptrdiff_t>(pos + r.hdr.size));
-    pos += r.hdr.size;
-    out.push_back(std::move(r));
-  }
+  fr::for_each_record(bytes, [&](const fr::RecordHeader& h, std::span<const uint8_t> payload) {
+    out.push_back(Record{h, {payload.begin(), payload.end()}});
+  });
   return out;
 }
 

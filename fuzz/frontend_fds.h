@@ -210,20 +210,17 @@ class FdLeakCheck {
 };
 
 // One input through a fresh Harness (a class with record(header, payload)):
-// each record in turn, a record cut short by the end of the input dropped;
-// then no fd the input opened may be left open.
+// each record in turn (framing::for_each_record); then no fd the input opened
+// may be left open.
 template <class Harness>
 void run_records(const uint8_t* data, size_t size) {
   eventfds().new_input();
   const FdLeakCheck leaks;
   {
     Harness h;
-    Input in(data, size);
-    while (in.remaining() >= sizeof(framing::RecordHeader)) {
-      const auto hdr = in.take<framing::RecordHeader>();
-      if (hdr.size > framing::kMaxPayload || hdr.size > in.remaining()) break;
-      h.record(hdr, in.bytes(hdr.size));
-    }
+    framing::for_each_record({data, size}, [&](const framing::RecordHeader& hdr, std::span<const uint8_t> payload) {
+      h.record(hdr, payload);
+    });
   }
   leaks.verify();
 }

@@ -52,6 +52,21 @@ inline void append(std::vector<uint8_t>& out, const RecordHeader& h, std::span<c
   out.insert(out.end(), payload.begin(), payload.end());
 }
 
+// Calls fn(header, payload) for each record of `input` in order. A record cut
+// short by the end of the input, or longer than kMaxPayload, ends the input.
+template <class Fn>
+void for_each_record(std::span<const uint8_t> input, Fn&& fn) {
+  size_t pos = 0;
+  while (input.size() - pos >= sizeof(RecordHeader)) {
+    RecordHeader h;
+    std::memcpy(&h, input.data() + pos, sizeof h);
+    pos += sizeof h;
+    if (h.size > kMaxPayload || h.size > input.size() - pos) return;
+    fn(h, input.subspan(pos, h.size));
+    pos += h.size;
+  }
+}
+
 template <class T>
 void append_pod(std::vector<uint8_t>& out, const RecordHeader& h, const T& body) {
   append(out, h, {reinterpret_cast<const uint8_t*>(&body), sizeof body});
