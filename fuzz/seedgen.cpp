@@ -285,6 +285,29 @@ void message_seeds(const fs::path& dir) {
     s.rec(FrontendReq::GET_CONFIG, cfg);
     write_file(dir / "seed-save-load-restart", s.out);
   }
+  {  // loads a migration source could send that this back-end must refuse, each answered by CHECK_DEVICE_STATE
+    Session s;
+    realize(s, kAllPf);
+    vsockref::DeviceState st;
+    st.guest_cid = 3;
+    st.features = vhu::bit(vhu::feature::VERSION_1) | vhu::bit(vhu::feature::RING_PACKED);  // not offered
+    st.protocol_features = kAllPf;
+    st.config = {3};
+    s.req(FrontendReq::SET_DEVICE_STATE_FD, vhu::DeviceStateParams{vhu::kTransferLoad, vhu::kPhaseStopped});
+    s.action_bytes(fr::kActionStatePipe, vsockref::serialize_device_state(st), 1);
+    s.req(FrontendReq::CHECK_DEVICE_STATE);
+    st.features = vhu::bit(vhu::feature::VERSION_1);
+    st.protocol_features = kAllPf | (uint64_t{1} << 63);  // a protocol feature nobody offers
+    s.req(FrontendReq::SET_DEVICE_STATE_FD, vhu::DeviceStateParams{vhu::kTransferLoad, vhu::kPhaseStopped});
+    s.action_bytes(fr::kActionStatePipe, vsockref::serialize_device_state(st), 1);
+    s.req(FrontendReq::CHECK_DEVICE_STATE);
+    s.req(FrontendReq::SET_DEVICE_STATE_FD, vhu::DeviceStateParams{vhu::kTransferLoad, vhu::kPhaseStopped});
+    // More than a load reads, in two records: one record carries at most fr::kMaxPayload bytes.
+    s.action_bytes(fr::kActionStatePipe, std::vector<uint8_t>(fr::kMaxPayload, 0x5a));
+    s.action_bytes(fr::kActionStatePipe, std::vector<uint8_t>(vsockref::kDeviceStateMaxBytes + 1 - fr::kMaxPayload, 0x5a), 1);
+    s.req(FrontendReq::CHECK_DEVICE_STATE);
+    write_file(dir / "seed-load-refused", s.out);
+  }
   {  // every request id once, need_reply set, with a payload of its size
     Session s;
     s.req(FrontendReq::SET_PROTOCOL_FEATURES, kAllPf);
@@ -373,8 +396,8 @@ void socket_seeds(const fs::path& dir) {
 class Conversation {
  public:
   std::vector<uint8_t> out;
-  void tx(const vs::Hdr& h, std::span<const uint8_t> payload = {}, bool split = false) {
-    out.push_back(static_cast<uint8_t>(0 | (split ? 0x40 : 0)));
+  void tx(const vs::Hdr& h, std::span<const uint8_t> payload = {}, bool split = false, bool indirect = false) {
+    out.push_back(static_cast<uint8_t>(0 | (split ? 0x40 : 0) | (indirect ? 0x10 : 0)));
     const auto hb = vs::encode(h);
     out.insert(out.end(), hb.begin(), hb.end());
     put16(static_cast<uint16_t>(payload.size()));
@@ -409,6 +432,11 @@ class Conversation {
   void event_post(uint8_t n) {
     out.push_back(11);
     out.push_back(static_cast<uint8_t>(n - 1));
+  }
+  // The records that follow act on VM 0 (CID 3) or its sibling, VM 1 (CID 4).
+  void select(uint8_t vm) {
+    out.push_back(13);
+    out.push_back(vm);
   }
 
  private:
@@ -492,6 +520,35 @@ void vsock_seeds(const fs::path& dir) {
     c.tx(packet(vs::Op::REQUEST, 7000, 99));
     write_file(dir / "seed-refusals", c.out);
   }
+  {  // sibling guests: a stream from CID 3 to CID 4 through the relay, and back
+    auto between = [](vs::Op op, uint64_t from, uint32_t src_port, uint32_t dst_port, uint32_t len = 0,
+                      uint16_t type = vs::kTypeStream) {
+      vs::Hdr h = packet(op, src_port, dst_port, len, type);
+      h.src_cid = from;
+      h.dst_cid = from == 3 ? 4 : 3;
+      return h;
+    };
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.select(1);
+    c.rx_post(8, 4096);
+    c.select(0);
+    c.tx(between(vs::Op::REQUEST, 3, 8000, 9000));
+    c.select(1);
+    c.tx(between(vs::Op::RESPONSE, 4, 9000, 8000));
+    c.select(0);
+    c.tx(between(vs::Op::RW, 3, 8000, 9000, 1000), data);
+    c.rx_post(4, 256);  // smaller than what comes back: the relay cuts it
+    c.select(1);
+    c.tx(between(vs::Op::RW, 4, 9000, 8000, 1000), data, true, true);  // split, in an indirect table
+    vs::Hdr seq = between(vs::Op::RW, 4, 9001, 8001, 1000, vs::kTypeSeqpacket);
+    seq.flags = vs::kSeqEom;
+    c.tx(seq, data);
+    c.tx(between(vs::Op::SHUTDOWN, 4, 9000, 8000));
+    c.select(0);
+    c.tx(between(vs::Op::RST, 3, 8000, 9000));
+    write_file(dir / "seed-siblings", c.out);
+  }
 }
 
 // ---- device_state_load ----
@@ -512,6 +569,119 @@ void device_state_seeds(const fs::path& dir) {
   std::vector<uint8_t> fixed = {1};
   fixed.insert(fixed.end(), blob.begin(), blob.end());
   write_file(dir / "seed-crc-fixed", fixed);
+}
+
+// ---- command_line ----
+
+// Arguments after the program name, NUL-separated, as the target splits them.
+std::vector<uint8_t> argv_seed(std::initializer_list<std::string_view> args) {
+  std::vector<uint8_t> out;
+  for (std::string_view a : args) {
+    if (!out.empty()) out.push_back(0);
+    out.insert(out.end(), a.begin(), a.end());
+  }
+  return out;
+}
+
+void command_line_seeds(const fs::path& dir) {
+  // The runner's ref profile and the README's forms.
+  write_file(dir / "seed-one-vm",
+             argv_seed({"--spec", "upstream", "--socket", "/tmp/c/vu.sock", "--uds-path", "/tmp/c/vsock.uds",
+                        "--guest-cid", "1003"}));
+  write_file(dir / "seed-siblings",
+             argv_seed({"--spec", "newest", "--vm", "guest-cid=1003,socket=/tmp/c/a.sock,uds-path=/tmp/c/a.uds,groups=conform",
+                        "--vm", "guest-cid=1004,socket=/tmp/c/b.sock,uds-path=/tmp/c/b.uds,groups=conform+other"}));
+  write_file(dir / "seed-vm-all-keys",
+             argv_seed({"--vm", "guest_cid=5,socket=/s,uds_path=/u,groups=a,tx_buffer_size=65536,queue_size=256",
+                        "--log-level", "trace"}));
+  write_file(dir / "seed-client-options",
+             argv_seed({"--client", "--socket", "/tmp/fe.sock", "--guest-cid", "3", "--groups", "a+b",
+                        "--tx-buffer-size", "1048576", "--queue-size", "32768"}));
+  write_file(dir / "seed-help", argv_seed({"--help"}));
+}
+
+// ---- backend_replies ----
+
+// What a back-end writes and what the runner then asks, in the target's records.
+class Replies {
+ public:
+  std::vector<uint8_t> out;
+
+  // A reply (or back-end request, on_backend_req) as the back-end writes it.
+  template <class T>
+  void write(uint32_t request, const T& body, bool on_backend_req = false, uint8_t fds = 0,
+             uint32_t flags = vhu::kVersion | vhu::kFlagReply) {
+    vhu::Header h{request, flags, static_cast<uint32_t>(sizeof body)};
+    std::vector<uint8_t> bytes(sizeof h + sizeof body);
+    std::memcpy(bytes.data(), &h, sizeof h);
+    std::memcpy(bytes.data() + sizeof h, &body, sizeof body);
+    out.push_back(on_backend_req ? 4 : 0);
+    out.push_back(fds);
+    put(static_cast<uint16_t>(bytes.size()));
+    out.insert(out.end(), bytes.begin(), bytes.end());
+  }
+  void typed(uint8_t which, uint32_t arg = 0) {
+    out.push_back(1);
+    out.push_back(which);
+    put(arg);
+  }
+  void try_request(uint32_t id, uint32_t flags) {
+    out.push_back(2);
+    put(id);
+    put(flags);
+  }
+  void negotiate(uint64_t pf) {
+    out.push_back(5);
+    put(pf);
+  }
+
+ private:
+  template <class T>
+  void put(T v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    out.insert(out.end(), p, p + sizeof v);
+  }
+};
+
+void backend_replies_seeds(const fs::path& dir) {
+  const auto id = [](FrontendReq r) { return static_cast<uint32_t>(r); };
+  Replies ok;  // a well-behaved back-end answering the runner's handshake
+  ok.write(id(FrontendReq::GET_FEATURES), uint64_t{0x1'7000'0003});
+  ok.typed(0);
+  ok.write(id(FrontendReq::GET_PROTOCOL_FEATURES), kAllPf);
+  ok.typed(1);
+  ok.negotiate(kAllPf);
+  ok.write(id(FrontendReq::SET_FEATURES), uint64_t{0});
+  ok.typed(7, 0x3);
+  ok.write(id(FrontendReq::GET_VRING_BASE), vhu::VringState{1, 42});
+  ok.typed(4, 1);
+  struct {
+    vhu::ConfigHeader h{0, 8, 0};
+    uint64_t cid = 3;
+  } config;
+  ok.write(id(FrontendReq::GET_CONFIG), config);
+  ok.typed(5, 8 << 8);
+  ok.write(id(FrontendReq::GET_STATUS), uint64_t{0xf});
+  ok.typed(6);
+  write_file(dir / "seed-handshake", ok.out);
+
+  Replies odd;  // the ways real back-ends get it wrong
+  odd.write(id(FrontendReq::GET_FEATURES), uint64_t{1}, false, 0, vhu::kVersion);  // reply flag missing
+  odd.typed(0);
+  odd.write(id(FrontendReq::GET_QUEUE_NUM), uint64_t{3}, false, 2);  // fds on a reply that takes none
+  odd.typed(2);
+  odd.write(id(FrontendReq::GET_MAX_MEM_SLOTS), uint32_t{8});  // a u32 where a u64 belongs
+  odd.typed(3);
+  odd.write(999u, uint64_t{0});  // an unknown request echoed
+  odd.try_request(999, vhu::kFlagNeedReply);
+  write_file(dir / "seed-odd-replies", odd.out);
+
+  Replies req;  // back-end requests on the BACKEND_REQ channel
+  req.write(static_cast<uint32_t>(vhu::BackendReq::BACKEND_VRING_CALL), vhu::VringState{0, 0}, true, 0,
+            vhu::kVersion);
+  req.write(static_cast<uint32_t>(vhu::BackendReq::BACKEND_CONFIG_CHANGE_MSG), uint64_t{0}, true, 1,
+            vhu::kVersion | vhu::kFlagNeedReply);
+  write_file(dir / "seed-backend-requests", req.out);
 }
 
 }  // namespace
@@ -553,6 +723,8 @@ int main(int argc, char** argv) {
   socket_seeds(fs::path(argv[1]) / "vhost_user_socket");
   vsock_seeds(fs::path(argv[1]) / "vsock_packets");
   device_state_seeds(fs::path(argv[1]) / "device_state_load");
+  command_line_seeds(fs::path(argv[1]) / "command_line");
+  backend_replies_seeds(fs::path(argv[1]) / "backend_replies");
   std::printf("seeds written to %s\n", argv[1]);
   return 0;
 }

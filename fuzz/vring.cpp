@@ -16,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "backend_process.h"
 #include "fuzz_input.h"
 #include "log.h"
 #include "vhu/guest_memory.h"
@@ -71,7 +72,7 @@ class OneRing final : public vsockref::RingIo {
 
 vsockref::EventLoop& loop() {
   static vsockref::EventLoop* l = [] {
-    vsockref::set_log_level(vsockref::LogLevel::Off);
+    vhu::fuzz::init_backend_process();
     return new vsockref::EventLoop;
   }();
   return *l;

@@ -4,12 +4,15 @@
 // rings are real split rings in a memfd (libvhu's driver side on one end, the
 // device-side walker on the other); the host side is socketpairs handed to
 // host_connect() and Unix listeners the device connects to for the guest's
-// REQUESTs.
+// REQUESTs. A second VM in the same sibling group (CID 4, its own guest
+// memory and device, made when an input first selects it) receives what the
+// first sends to its CID through the device's relay, and the other way.
 //
 // Input: records of u8 op (low 4 bits) and op-specific fields (fuzz/README.md,
 // "vsock_packets"). Bit 0x80 of a TX op fixes up the header (src_cid = the
 // guest, dst_cid = the host, len = the payload) so mutations reach the
-// connection state machine instead of the drop paths.
+// connection state machine instead of the drop paths; with 0x20 as well it
+// addresses the sibling VM instead of the host.
 //
 // Invariants, after every record:
 //  - credit is never exceeded: the device sends no RW payload to the guest
@@ -17,7 +20,9 @@
 //  - buffering is bounded: no flow holds more guest-to-host bytes than the
 //    buffer the device advertises (tx_buffer_size);
 //  - every rx packet fits the buffer it was written into, its len field
-//    matches the bytes written, and it is addressed to the guest's CID.
+//    matches the bytes written, and it is addressed to the guest's CID;
+//  - a sibling's packet arrives only through the relay: from the sibling's
+//    CID, with no more RW bytes on a flow than the sibling's guest sent on it.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -27,6 +32,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +42,7 @@
 #include "vhu/virtqueue.h"
 #include "vhu/virtqueue_driver.h"
 #include "vhu/vsock.h"
+#include "router.h"
 #include "vsock_device.h"
 
 namespace {
@@ -43,6 +50,7 @@ namespace {
 namespace vs = vhu::vsock;
 
 constexpr uint64_t kGuestCid = 3;
+constexpr uint64_t kSiblingCid = 4;
 constexpr uint32_t kTxBuffer = 4096;  // small, so credit runs out within short inputs
 constexpr uint32_t kQueueSize = 64;
 constexpr uint64_t kGpa = 0x100000;
@@ -69,9 +77,12 @@ enum Op : uint8_t {
   kFeatures = 10,   // u64 acked features
   kEventPost = 11,  // u8 count
   kPoll = 12,       // one more round of the event loop
+  kSelect = 13,     // u8 vm: the records that follow act on VM vm % 2
 };
 constexpr uint8_t kFixHeader = 0x80;
-constexpr uint8_t kSplit = 0x40;  // TX: header and payload in two descriptors
+constexpr uint8_t kSplit = 0x40;      // TX: header and payload in two descriptors
+constexpr uint8_t kToSibling = 0x20;  // TX with kFixHeader: dst_cid is the other VM
+constexpr uint8_t kIndirect = 0x10;   // TX: the chain in an indirect table (Linux's choice when negotiated)
 
 // The listeners outlive inputs: binding sockets per input would dominate.
 struct Listeners {
@@ -125,7 +136,8 @@ class Guest final : public vsockref::RingIo {
     for (unsigned q = 0; q < 3; ++q) {
       const uint64_t off = q * kRingArea;
       VHU_FUZZ_CHECK(drv_[q].init(host_ + off, kGpa + off, kQueueSize, false).ok());
-      VHU_FUZZ_CHECK(dev_[q].setup_gpa(mem_, kQueueSize, drv_[q].desc_gpa(), drv_[q].avail_gpa(), drv_[q].used_gpa(), {})
+      VHU_FUZZ_CHECK(dev_[q].setup_gpa(mem_, kQueueSize, drv_[q].desc_gpa(), drv_[q].avail_gpa(), drv_[q].used_gpa(),
+                                    {.indirect = true})
                 .ok());
       for (uint32_t s = 0; s < kQueueSize; ++s) free_[q].push_back(s);
     }
@@ -172,7 +184,8 @@ class Guest final : public vsockref::RingIo {
 
   // Posts one chain of `parts` buffers (each at most kSlot bytes); returns
   // its head, or -1 when the ring is full.
-  int post(unsigned q, const std::vector<std::pair<std::span<const uint8_t>, uint32_t>>& parts, bool writable) {
+  int post(unsigned q, const std::vector<std::pair<std::span<const uint8_t>, uint32_t>>& parts, bool writable,
+           bool indirect = false) {
     if (free_[q].size() < parts.size() || drv_[q].num_free() < parts.size()) return -1;
     std::vector<vhu::DriverBuffer> bufs;
     std::vector<uint32_t> slots;
@@ -183,7 +196,7 @@ class Guest final : public vsockref::RingIo {
       if (!bytes.empty()) std::memcpy(slot_ptr(q, s), bytes.data(), bytes.size());
       bufs.push_back({slot_gpa(q, s), len, writable});
     }
-    auto head = drv_[q].add(bufs);
+    auto head = drv_[q].add(bufs, indirect);
     VHU_FUZZ_CHECK(head.ok());
     inflight_[q][*head] = slots;
     drv_[q].publish();
@@ -214,28 +227,59 @@ class Guest final : public vsockref::RingIo {
   bool in_device_ = false, rerun_ = false;
 };
 
+// One VM: its guest, its device, and what its guest knows of its flows.
+struct Side {
+  Side(vsockref::EventLoop& loop, vsockref::Router& router, uint64_t cid, uint64_t peer_cid)
+      : cid(cid), peer_cid(peer_cid), device(loop, guest, options(cid), &router), router(router) {
+    guest.device = &device;
+    device.set_features(vhu::bit(vhu::feature::VSOCK_F_STREAM) | vhu::bit(vhu::feature::VSOCK_F_SEQPACKET));
+    router.add(cid, {"fuzz"}, &device);
+  }
+  ~Side() {
+    router.remove(&device);
+    // The device closes its sockets; the harness's go with its peers.
+    device.reset();
+  }
+
+  static vsockref::VsockOptions options(uint64_t cid) {
+    vsockref::VsockOptions o;
+    o.guest_cid = cid;
+    o.tx_buffer_size = kTxBuffer;
+    o.uds_path = listeners().uds;
+    o.name = "fuzz";
+    return o;
+  }
+
+  const uint64_t cid, peer_cid;
+  Guest guest;
+  vsockref::VsockDevice device;
+  vsockref::Router& router;
+  std::map<uint64_t, Flow> flows;                      // host flows
+  std::map<uint64_t, uint64_t> to_peer;                // RW bytes our guest sent the sibling, by flow
+  std::map<uint16_t, std::pair<vs::Hdr, bool>> sent;  // tx packets by head
+  std::map<uint16_t, uint32_t> rx_sizes;              // rx buffer sizes by head
+};
+
 class Harness {
  public:
-  Harness() : device_(loop_, guest_, options()) {
-    guest_.device = &device_;
-    device_.set_features(vhu::bit(vhu::feature::VSOCK_F_STREAM) | vhu::bit(vhu::feature::VSOCK_F_SEQPACKET));
-  }
+  Harness() { sides_[0] = std::make_unique<Side>(loop_, router_, kGuestCid, kSiblingCid); }
   ~Harness() {
-    // The device closes its sockets; then ours go with peers_.
-    device_.reset();
+    sides_[1].reset();
+    sides_[0].reset();
   }
 
   void step(vhu::fuzz::Input& in) {
     const auto op = in.take<uint8_t>();
+    Side& s = *sides_[cur_];
     switch (op & 0x0f) {
-      case kTx: tx(op, in); break;
+      case kTx: tx(s, op, in); break;
       case kRxPost: {
         const int n = in.take<uint8_t>() % 16 + 1;
         const uint32_t size = in.take<uint16_t>() % (kMaxPayload + vs::kHdrSize + 1);
         for (int i = 0; i < n; ++i) {
-          const int head = guest_.post(vs::kRxQueue, {{{}, size}}, true);
+          const int head = s.guest.post(vs::kRxQueue, {{{}, size}}, true);
           if (head < 0) break;
-          rx_sizes_[static_cast<uint16_t>(head)] = size;
+          s.rx_sizes[static_cast<uint16_t>(head)] = size;
         }
         break;
       }
@@ -245,7 +289,7 @@ class Harness {
         VHU_FUZZ_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
         small_buffers(sv[0]);
         add_peer(vhu::UniqueFd(sv[1]));
-        device_.host_connect(vhu::UniqueFd(sv[0]), port);
+        s.device.host_connect(vhu::UniqueFd(sv[0]), port);
         break;
       }
       case kHostWrite: {
@@ -274,45 +318,41 @@ class Harness {
       }
       case kRing: {
         const unsigned q = in.take<uint8_t>() % 3;
-        guest_.usable[q] = (in.take<uint8_t>() & 1) != 0;
-        device_.rings_changed();
+        s.guest.usable[q] = (in.take<uint8_t>() & 1) != 0;
+        s.device.rings_changed();
         break;
       }
       case kLoad:
-        device_.loaded(vsockref::DeviceState{});
-        flows_.clear();  // every flow is gone, silently
+        s.device.loaded(vsockref::DeviceState{});
+        s.flows.clear();  // every flow is gone, silently
         break;
-      case kConfigRead: device_.config_read(); break;
+      case kConfigRead: s.device.config_read(); break;
       case kReset:
-        device_.reset();
-        flows_.clear();
+        s.device.reset();
+        s.flows.clear();
         break;
-      case kFeatures: device_.set_features(in.take<uint64_t>()); break;
+      case kFeatures: s.device.set_features(in.take<uint64_t>()); break;
       case kEventPost: {
         const int n = in.take<uint8_t>() % 8 + 1;
         for (int i = 0; i < n; ++i)
-          if (guest_.post(vs::kEventQueue, {{{}, 8}}, true) < 0) break;
+          if (s.guest.post(vs::kEventQueue, {{{}, 8}}, true) < 0) break;
         break;
       }
+      case kSelect:
+        cur_ = in.take<uint8_t>() & 1;
+        if (!sides_[cur_]) sides_[cur_] = std::make_unique<Side>(loop_, router_, kSiblingCid, kGuestCid);
+        break;
       case kPoll:
       default: break;
     }
     loop_.run_once(0);
-    guest_.request_processing();
+    for (auto& side : sides_)
+      if (side) side->guest.request_processing();
     accept_peers();
     settle();
   }
 
  private:
-  static vsockref::VsockOptions options() {
-    vsockref::VsockOptions o;
-    o.guest_cid = kGuestCid;
-    o.tx_buffer_size = kTxBuffer;
-    o.uds_path = listeners().uds;
-    o.name = "fuzz";
-    return o;
-  }
-
   static void small_buffers(int fd) {
     const int size = 4096;
     ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
@@ -340,39 +380,46 @@ class Harness {
     return uint64_t{host_port} << 32 | guest_port;
   }
 
-  void tx(uint8_t op, vhu::fuzz::Input& in) {
+  void tx(Side& s, uint8_t op, vhu::fuzz::Input& in) {
     auto raw = in.take<std::array<uint8_t, vs::kHdrSize>>();
     const auto payload = in.bytes(in.take<uint16_t>() % (kMaxPayload + 1));
     vs::Hdr h = *vs::decode(raw);
     if (op & kFixHeader) {
-      h.src_cid = kGuestCid;
-      h.dst_cid = vs::kHostCid;
+      h.src_cid = s.cid;
+      h.dst_cid = (op & kToSibling) ? s.peer_cid : vs::kHostCid;
       h.len = static_cast<uint32_t>(payload.size());
       raw = vs::encode(h);
     }
     std::vector<uint8_t> whole(raw.begin(), raw.end());
+    const bool indirect = (op & kIndirect) != 0;
     int head;
     if (op & kSplit) {
-      head = guest_.post(vs::kTxQueue,
-                           {{raw, static_cast<uint32_t>(raw.size())}, {payload, static_cast<uint32_t>(payload.size())}},
-                           false);
+      head = s.guest.post(vs::kTxQueue,
+                          {{raw, static_cast<uint32_t>(raw.size())}, {payload, static_cast<uint32_t>(payload.size())}},
+                          false, indirect);
     } else {
       whole.insert(whole.end(), payload.begin(), payload.end());
-      head = guest_.post(vs::kTxQueue, {{whole, static_cast<uint32_t>(whole.size())}}, false);
+      head = s.guest.post(vs::kTxQueue, {{whole, static_cast<uint32_t>(whole.size())}}, false, indirect);
     }
-    if (head >= 0) sent_[static_cast<uint16_t>(head)] = {h, h.len <= payload.size()};
+    if (head >= 0) s.sent[static_cast<uint16_t>(head)] = {h, h.len <= payload.size()};
   }
 
-  // The device consumed a tx packet: what it tells the device about credit.
-  void consumed(const vs::Hdr& h, bool well_formed) {
-    if (h.src_cid != kGuestCid || h.dst_cid != vs::kHostCid || !well_formed) return;  // dropped unread
-    Flow& f = flows_[flow_key(h.dst_port, h.src_port)];
+  // The device consumed a tx packet: what it tells the device about credit,
+  // or what the sibling may now receive.
+  static void consumed(Side& s, const vs::Hdr& h, bool well_formed) {
+    if (h.src_cid != s.cid || !well_formed) return;  // dropped unread
+    if (h.dst_cid == s.peer_cid) {
+      if (h.op == static_cast<uint16_t>(vs::Op::RW)) s.to_peer[flow_key(h.src_port, h.dst_port)] += h.len;
+      return;
+    }
+    if (h.dst_cid != vs::kHostCid) return;
+    Flow& f = s.flows[flow_key(h.dst_port, h.src_port)];
     if (h.op == static_cast<uint16_t>(vs::Op::REQUEST) || h.op == static_cast<uint16_t>(vs::Op::RST)) f = Flow{};
     if (h.op == static_cast<uint16_t>(vs::Op::RST)) return;
     f.credits.push_back({h.buf_alloc, h.fwd_cnt});
   }
 
-  void received(std::span<const uint8_t> bytes, uint32_t posted, uint32_t used) {
+  void received(Side& s, std::span<const uint8_t> bytes, uint32_t posted, uint32_t used) {
     VHU_FUZZ_CHECK(used <= posted);
     if (posted < vs::kHdrSize) {
       VHU_FUZZ_CHECK(used == 0);  // returned unused: too small for a header
@@ -381,13 +428,25 @@ class Harness {
     VHU_FUZZ_CHECK(used >= vs::kHdrSize);
     const vs::Hdr h = *vs::decode(bytes);
     VHU_FUZZ_CHECK(used == vs::kHdrSize + h.len);
-    VHU_FUZZ_CHECK(h.dst_cid == kGuestCid);
+    VHU_FUZZ_CHECK(h.dst_cid == s.cid);
     const uint64_t key = flow_key(h.src_port, h.dst_port);
     const auto op = static_cast<vs::Op>(h.op);
     if (op == vs::Op::RST) {
       // An RST may answer a packet to any CID, so it comes from there; only
       // the host's ends a host flow.
-      if (h.src_cid == vs::kHostCid) flows_.erase(key);
+      if (h.src_cid == vs::kHostCid) s.flows.erase(key);
+      return;
+    }
+    if (h.src_cid == s.peer_cid) {
+      // Relayed: the sibling guest's own header, so its credit fields are
+      // the two guests' business; the bytes must have been sent.
+      VHU_FUZZ_CHECK(sides_[0] && sides_[1]);
+      if (op == vs::Op::RW) {
+        Side& peer = *sides_[&s == sides_[0].get() ? 1 : 0];
+        uint64_t& sent = peer.to_peer[key];
+        VHU_FUZZ_CHECK(h.len <= sent);
+        sent -= h.len;
+      }
       return;
     }
     // A host-initiated flow began (with no credit) when host_connect() made it,
@@ -396,7 +455,7 @@ class Harness {
     VHU_FUZZ_CHECK(h.src_cid == vs::kHostCid);
     if (op == vs::Op::RW) {
       VHU_FUZZ_CHECK(h.type == vs::kTypeSeqpacket || h.len > 0);
-      Flow& f = flows_[key];
+      Flow& f = s.flows[key];
       bool within = false;
       for (const Flow::Credit& c : f.credits) {
         const uint32_t in_flight = f.received - c.fwd_cnt;
@@ -411,38 +470,45 @@ class Harness {
     VHU_FUZZ_CHECK(h.buf_alloc == kTxBuffer);
   }
 
-  // Collects what the device returned and checks it; then only the current
-  // credit of each flow counts for the next round.
+  // Collects what the devices returned and checks it: every tx first, so a
+  // packet relayed in this round is counted as sent before it is received;
+  // then only the current credit of each flow counts for the next round.
   void settle() {
-    guest_.reap(vs::kTxQueue, [&](uint16_t head, const std::vector<uint32_t>&, uint32_t) {
-      auto it = sent_.find(head);
-      VHU_FUZZ_CHECK(it != sent_.end());
-      consumed(it->second.first, it->second.second);
-      sent_.erase(it);
-    });
+    for (auto& side : sides_) {
+      if (!side) continue;
+      Side& s = *side;
+      s.guest.reap(vs::kTxQueue, [&](uint16_t head, const std::vector<uint32_t>&, uint32_t) {
+        auto it = s.sent.find(head);
+        VHU_FUZZ_CHECK(it != s.sent.end());
+        consumed(s, it->second.first, it->second.second);
+        s.sent.erase(it);
+      });
+    }
     std::vector<uint8_t> buf(vs::kHdrSize);
-    guest_.reap(vs::kRxQueue, [&](uint16_t head, const std::vector<uint32_t>& slots, uint32_t used) {
-      auto it = rx_sizes_.find(head);
-      VHU_FUZZ_CHECK(it != rx_sizes_.end());
-      const uint32_t posted = it->second;
-      rx_sizes_.erase(it);
-      std::memcpy(buf.data(), guest_.slot_ptr(vs::kRxQueue, slots[0]), buf.size());
-      received(buf, posted, used);
-    });
-    guest_.reap(vs::kEventQueue, [&](uint16_t, const std::vector<uint32_t>&, uint32_t used) {
-      VHU_FUZZ_CHECK(used == 0 || used == vs::kEventSize);
-    });
-    for (auto& [key, f] : flows_) f.credits.erase(f.credits.begin(), f.credits.end() - 1);
-    VHU_FUZZ_CHECK(device_.max_host_backlog() <= kTxBuffer);
+    for (auto& side : sides_) {
+      if (!side) continue;
+      Side& s = *side;
+      s.guest.reap(vs::kRxQueue, [&](uint16_t head, const std::vector<uint32_t>& slots, uint32_t used) {
+        auto it = s.rx_sizes.find(head);
+        VHU_FUZZ_CHECK(it != s.rx_sizes.end());
+        const uint32_t posted = it->second;
+        s.rx_sizes.erase(it);
+        std::memcpy(buf.data(), s.guest.slot_ptr(vs::kRxQueue, slots[0]), buf.size());
+        received(s, buf, posted, used);
+      });
+      s.guest.reap(vs::kEventQueue, [&](uint16_t, const std::vector<uint32_t>&, uint32_t used) {
+        VHU_FUZZ_CHECK(used == 0 || used == vs::kEventSize);
+      });
+      for (auto& [key, f] : s.flows) f.credits.erase(f.credits.begin(), f.credits.end() - 1);
+      VHU_FUZZ_CHECK(s.device.max_host_backlog() <= kTxBuffer);
+    }
   }
 
   vsockref::EventLoop loop_;
-  Guest guest_;
-  vsockref::VsockDevice device_;
+  vsockref::Router router_;
+  std::unique_ptr<Side> sides_[2];
+  unsigned cur_ = 0;
   std::vector<vhu::UniqueFd> peers_;
-  std::map<uint64_t, Flow> flows_;
-  std::map<uint16_t, std::pair<vs::Hdr, bool>> sent_;  // tx packets by head
-  std::map<uint16_t, uint32_t> rx_sizes_;              // rx buffer sizes by head
 };
 
 }  // namespace

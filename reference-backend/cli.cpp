@@ -1,10 +1,13 @@
 #include "cli.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <charconv>
 #include <set>
+#include <sstream>
 
+#include "faults.h"
 #include "vhu/vsock.h"
 
 namespace vsockref {
@@ -95,6 +98,98 @@ vhu::Result<void> validate_vms(const std::vector<VmConfig>& vms) {
       return vhu::Err(fmt::format("queue-size {} is not a power of two up to 32768", vm.queue_size));
   }
   return vhu::Ok();
+}
+
+CommandLine parse_command_line(int argc, const char* const* argv) {
+#ifdef VHU_FAULT_INJECTION
+  CLI::App app{"vhost-user-vsock-faulty: the reference vhost-user vsock back-end with deliberate faults, "
+               "for testing the conformance suite itself"};
+#else
+  CLI::App app{"vhost-user-vsock-ref: reference vhost-user vsock back-end (virtio-vsock over a vhost-user "
+               "socket, host side in the hybrid-vsock Unix-socket convention)"};
+#endif
+  VmConfig one;
+  std::string groups = "default";
+  std::string level = "info";
+  std::string spec = "upstream";
+  std::vector<std::string> vm_specs;
+  app.add_option("--socket", one.socket, "vhost-user socket path (listened on; see --client)");
+  app.add_flag("--client", one.client, "connect to --socket (and reconnect) instead of listening on it");
+  app.add_option("--guest-cid", one.guest_cid, "the guest's context id (>= 3)")->capture_default_str();
+  app.add_option("--uds-path", one.uds_path,
+                 "host side: host programs connect here and write \"CONNECT <port>\\n\"; a guest connecting to "
+                 "host port P reaches <uds-path>_P");
+  app.add_option("--groups", groups, "sibling groups of this VM, joined with '+'")->capture_default_str();
+  app.add_option("--vm", vm_specs,
+                 "one VM: guest-cid=N,socket=PATH,uds-path=PATH[,groups=a+b][,tx-buffer-size=N][,queue-size=N]; "
+                 "repeatable; guests sharing a group can reach each other's CID");
+  app.add_option("--tx-buffer-size", one.tx_buffer_size,
+                 "bytes buffered per connection towards the host (the buf_alloc the guest sees)")
+      ->capture_default_str();
+  app.add_option("--queue-size", one.queue_size, "largest virtqueue size accepted (power of two)")
+      ->capture_default_str();
+  app.add_option("--spec", spec,
+                 "which vhost-user text's ring-start rule to follow: upstream (a ring starts on its first kick) or "
+                 "newest (SET_VRING_KICK starts it); the two conflict, see README \"Ring states\"")
+      ->check(CLI::IsMember({"upstream", "newest"}))
+      ->capture_default_str();
+  app.add_option("--log-level", level, "error, warn, info, debug or trace")->capture_default_str();
+  Settings settings;
+#ifdef VHU_FAULT_INJECTION
+  std::string fault_help = "enable a deliberate fault (repeatable):";
+  for (const auto& f : all_faults()) fault_help += fmt::format("\n  {}: {}", f.name, f.description);
+  app.add_option("--fault", settings.faults, fault_help);
+  bool list_faults = false;
+  app.add_flag("--list-faults", list_faults, "print the fault names, one per line, and exit");
+#endif
+
+  CommandLine result;
+  auto fail = [&](std::string text) {
+    result.exit_code = 2;
+    result.err = std::move(text) + "\n";
+    return result;
+  };
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 formats --help and its own errors; they go where it says.
+    std::ostringstream out, err;
+    result.exit_code = app.exit(e, out, err);
+    result.out = out.str();
+    result.err = err.str();
+    return result;
+  }
+#ifdef VHU_FAULT_INJECTION
+  if (list_faults) {
+    for (const auto& f : all_faults()) result.out += fmt::format("{}\n", f.name);
+    return result;
+  }
+  for (const auto& name : settings.faults) {
+    bool known = false;
+    for (const auto& f : all_faults()) known = known || f.name == name;
+    if (!known) return fail(fmt::format("--fault: no fault named '{}' (see --help)", name));
+  }
+#endif
+
+  if (!parse_log_level(level, settings.log_level))
+    return fail(fmt::format("--log-level: '{}' is not error, warn, info, debug or trace", level));
+  auto g = parse_groups(groups);
+  if (!g) return fail(fmt::format("--groups: {}", g.message()));
+  one.groups = *g;
+  one.spec = spec == "newest" ? vhu::SpecText::Newest : vhu::SpecText::Upstream;
+  if (!vm_specs.empty()) {
+    if (!one.socket.empty()) return fail("give either --socket or --vm, not both");
+    for (const auto& text : vm_specs) {
+      auto vm = parse_vm_spec(text, one);
+      if (!vm) return fail(vm.message());
+      settings.vms.push_back(*vm);
+    }
+  } else if (!one.socket.empty()) {
+    settings.vms.push_back(one);
+  }
+  if (auto v = validate_vms(settings.vms); !v) return fail(v.message());
+  result.settings = std::move(settings);
+  return result;
 }
 
 }  // namespace vsockref

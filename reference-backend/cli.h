@@ -3,13 +3,36 @@
 // repeatable --vm guest-cid=N,socket=PATH,uds-path=PATH[,groups=a+b].
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "log.h"
 #include "vhu/result.h"
 #include "vm.h"
 
 namespace vsockref {
+
+// What the command line asks for, parsed and checked.
+struct Settings {
+  std::vector<VmConfig> vms;
+  LogLevel log_level = LogLevel::Info;
+  std::vector<std::string> faults;  // fault-injection builds only; every name exists
+};
+
+// The outcome of parse_command_line(): either settings to run with, or an
+// exit code and the text to print instead (--help, --list-faults, or an
+// error that names the option and the value).
+struct CommandLine {
+  std::optional<Settings> settings;
+  int exit_code = 0;
+  std::string out;  // for stdout
+  std::string err;  // for stderr
+};
+
+// Parses argv (argv[0] is the program name) as vhost-user-vsock-ref and
+// vhost-user-vsock-faulty do. Never throws and never prints: main() decides.
+CommandLine parse_command_line(int argc, const char* const* argv);
 
 // Parses one --vm value; keys not given keep the values of `defaults`.
 vhu::Result<VmConfig> parse_vm_spec(const std::string& spec, const VmConfig& defaults);

@@ -13,6 +13,8 @@ enum class LogLevel { Off = -1, Error = 0, Warn, Info, Debug, Trace };
 
 LogLevel log_level();
 void set_log_level(LogLevel level);
+// Where lines go (stderr by default); the fd stays the caller's.
+void set_log_fd(int fd);
 // "error", "warn", "info", "debug", "trace"; false for anything else.
 bool parse_log_level(std::string_view text, LogLevel& out);
 void log_line(LogLevel level, std::string_view text);

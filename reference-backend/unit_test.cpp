@@ -177,5 +177,42 @@ TEST(Cli, ValidatesCidsAndPaths) {
   EXPECT_FALSE(validate_vms({}).ok());
 }
 
+CommandLine parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "vhost-user-vsock-ref");
+  return parse_command_line(static_cast<int>(args.size()), args.data());
+}
+
+TEST(Cli, CommandLineGivesSettingsOrWhatToPrint) {
+  auto one = parse({"--socket", "/s", "--guest-cid", "5", "--uds-path", "/u", "--spec", "newest", "--log-level",
+                    "debug"});
+  ASSERT_TRUE(one.settings) << one.err;
+  ASSERT_EQ(one.settings->vms.size(), 1u);
+  EXPECT_EQ(one.settings->vms[0].guest_cid, 5u);
+  EXPECT_EQ(one.settings->vms[0].spec, vhu::SpecText::Newest);
+  EXPECT_EQ(one.settings->log_level, LogLevel::Debug);
+
+  auto two = parse({"--vm", "guest-cid=3,socket=/a", "--vm", "guest-cid=4,socket=/b,groups=g"});
+  ASSERT_TRUE(two.settings) << two.err;
+  EXPECT_EQ(two.settings->vms.size(), 2u);
+
+  auto help = parse({"--help"});
+  EXPECT_FALSE(help.settings);
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--vm"), std::string::npos);
+
+  // Each refusal: no settings, a non-zero exit code, and a message naming the problem.
+  for (auto bad : std::vector<std::vector<const char*>>{{"--bogus"},
+                                                         {"--socket", "/s", "--vm", "guest-cid=3,socket=/a"},
+                                                         {"--socket", "/s", "--log-level", "loud"},
+                                                         {"--socket", "/s", "--groups", "a++b"},
+                                                         {"--socket", "/s", "--spec", "draft"},
+                                                         {"--guest-cid", "3"}}) {
+    auto r = parse(bad);
+    EXPECT_FALSE(r.settings) << bad[0];
+    EXPECT_NE(r.exit_code, 0) << bad[0];
+    EXPECT_FALSE(r.err.empty()) << bad[0];
+  }
+}
+
 }  // namespace
 }  // namespace vsockref

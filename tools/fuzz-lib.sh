@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-VHU_FUZZ_TARGETS=(vhost_user_messages vhost_user_socket vring vsock_packets device_state_load)
+VHU_FUZZ_TARGETS=(vhost_user_messages vhost_user_socket vring vsock_packets device_state_load command_line backend_replies)
 
 # Installs the named Debian packages that are missing. The fuzzing toolchain
 # (clang-14, libclang-rt-14-dev, afl++) is installed here, on demand, and not
