@@ -8,6 +8,45 @@ namespace vs = vhu::vsock;
 
 uint32_t req(vhu::FrontendReq r) { return static_cast<uint32_t>(r); }
 
+QemuFrontend started(Ctx& ctx, QemuOptions o) {
+  QemuFrontend q(ctx, o);
+  q.realize();
+  q.start();
+  return q;
+}
+
+uint64_t qemu_acked_features(Ctx& ctx, const QemuOptions& o) {
+  auto& f = ctx.fe();
+  uint64_t want = o.guest_features;
+  if (f.acked_protocol) want |= vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES);
+  return f.offered_features.value_or(0) & want;
+}
+
+QemuOptions without_mem_slots() {
+  QemuOptions o;
+  o.accept_protocol &= ~vhu::bit(vhu::protocol_feature::CONFIGURE_MEM_SLOTS);
+  return o;
+}
+
+vhu::Message set_mem_table_message(const std::vector<vhu::MemoryRegion>& regions) {
+  vhu::MemoryTable t{};
+  t.nregions = static_cast<uint32_t>(regions.size());
+  for (size_t i = 0; i < regions.size(); ++i) t.regions[i] = regions[i];
+  vhu::Message m = vhu::Message::empty(req(vhu::FrontendReq::SET_MEM_TABLE));
+  m.set_payload_bytes({reinterpret_cast<const uint8_t*>(&t), 8 + 32 * regions.size()});
+  return m;
+}
+
+void expect_no_anomalies(VsockGuest& g, const std::string& want) {
+  check(g.anomalies().empty(), want, g.anomalies().empty() ? "" : g.anomalies().front());
+}
+
+std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, vs::Op o, uint32_t guest_port, int ms) {
+  return g.wait_rx(
+      [&](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(o) && p.hdr.dst_port == guest_port; },
+      std::min(ctx.remaining_ms(), ms));
+}
+
 bool expect_refused(Ctx& ctx, vhu::Message m, const std::string& what) {
   auto& fe = ctx.fe();
   const bool acks = fe.reply_ack();

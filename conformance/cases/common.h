@@ -2,7 +2,9 @@
 // that any case can use to prove the rings work.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "case.h"
 #include "qemu.h"
@@ -30,5 +32,27 @@ vhu::UniqueFd open_stream(Ctx& ctx, VsockGuest& g, uint32_t guest_port, uint32_t
 void exchange(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::string& tag);
 
 uint32_t req(vhu::FrontendReq r);
+
+// QEMU 7.2's realize and start (DRIVER_OK): rx and tx handed over and running.
+QemuFrontend started(Ctx& ctx, QemuOptions o = {});
+
+// The virtio features QEMU acks at start with options `o`: those of the guest
+// the back-end offers, and PROTOCOL_FEATURES when that was negotiated.
+uint64_t qemu_acked_features(Ctx& ctx, const QemuOptions& o = {});
+
+// QEMU 7.2 told no to CONFIGURE_MEM_SLOTS, so that its memory goes in one
+// SET_MEM_TABLE at every start.
+QemuOptions without_mem_slots();
+
+// SET_MEM_TABLE describing `regions`; the caller attaches the fds.
+vhu::Message set_mem_table_message(const std::vector<vhu::MemoryRegion>& regions);
+
+// Nothing odd in what the guest took off its rings (VsockGuest::anomalies);
+// otherwise fails with `want` and the first oddity.
+void expect_no_anomalies(VsockGuest& g, const std::string& want);
+
+// The next rx packet of op `o` to guest port `guest_port` within `ms` (or the
+// case's deadline, if nearer); packets that do not match stay in the backlog.
+std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, vhu::vsock::Op o, uint32_t guest_port, int ms = 2000);
 
 }  // namespace conform

@@ -83,9 +83,7 @@ CONFORM_CASE(reset_device,
              .protocol_features = {pf::RESET_DEVICE}) {
   QemuOptions o;
   o.accept_protocol |= vhu::bit(pf::RESET_DEVICE);
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx, o);
   auto& g = q.guest();
   tx_consume(ctx, g, 2, "before RESET_DEVICE");
   auto& fe = ctx.fe();

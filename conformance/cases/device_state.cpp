@@ -39,9 +39,7 @@ struct Source {
 };
 
 Source run_source(Ctx& ctx, QemuOptions o = qemu10()) {
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx, o);
   tx_consume(ctx, q.guest(), 3, "on the source");
   Source s;
   s.bases = q.stop();
@@ -77,6 +75,15 @@ std::unique_ptr<Destination> open_destination(Ctx& ctx) {
   ctx.log().record_text(Dir::ToBackend, "(destination: a second back-end process, " + d->be->command_line() + ")");
   d->source_fe = ctx.swap_fe(std::make_unique<Frontend>(std::move(*s), ctx.log(), ctx.deadline()));
   return d;
+}
+
+// QEMU 10 on the destination, realized, to start from the source's ring
+// bases: the load comes next.
+QemuFrontend realize_destination(Ctx& ctx, const Source& s, QemuOptions o = qemu10()) {
+  QemuFrontend q(ctx, o);
+  q.bases = s.bases;
+  q.realize();
+  return q;
 }
 
 // After the switch-over the driver has had TRANSPORT_RESET (from QEMU, which
@@ -123,11 +130,8 @@ CONFORM_CASE(load_saved_case,
              .timeout_ms = 10000) {
   Source s = run_source(ctx);
   auto d = open_destination(ctx);
-  QemuFrontend q(ctx, qemu10());
-  q.realize();
-  const uint64_t c = load_device_state_check(ctx, s.blob);
-  check(c == 0, fmt::format("CHECK_DEVICE_STATE 0 after loading the {} bytes the source saved", s.blob.size()),
-        fmt::format("{:#x}", c));
+  realize_destination(ctx, s);
+  load_device_state(ctx, s.blob);
 }
 
 CONFORM_CASE(load_rejects_corrupt,
@@ -143,8 +147,7 @@ CONFORM_CASE(load_rejects_corrupt,
     skip("the back-end saves an empty state (it keeps no device state), so there is nothing whose integrity a "
          "load could check (VU-DEVICE-STATE-INTEGRITY is a SHOULD)");
   auto d = open_destination(ctx);
-  QemuFrontend q(ctx, qemu10());
-  q.realize();
+  realize_destination(ctx, s);
   const auto& good = s.blob;
   std::mt19937 rng(0x5eed);
   std::vector<uint8_t> random(4096);
@@ -235,9 +238,7 @@ CONFORM_CASE(while_running,
              .device = "vsock",
              .protocol_features = {pf::DEVICE_STATE},
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, qemu10());
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx, qemu10());
   tx_consume(ctx, q.guest(), 2, "before SET_DEVICE_STATE_FD");
   Pipe p = make_pipe();
   auto r = set_state_fd(ctx, vhu::kTransferSave, vhu::kPhaseStopped, std::move(p.wr));
@@ -263,9 +264,7 @@ CONFORM_CASE(migrate_qemu10,
              .timeout_ms = 15000) {
   Source s = run_source(ctx);
   auto d = open_destination(ctx);
-  QemuFrontend q(ctx, qemu10());
-  q.bases = s.bases;
-  q.realize();
+  QemuFrontend q = realize_destination(ctx, s);
   const uint64_t c = load_device_state_check(ctx, s.blob);
   check(c == 0, "CHECK_DEVICE_STATE 0 on the destination", fmt::format("{:#x}", c));
   q.start();
@@ -284,14 +283,10 @@ CONFORM_CASE(migrate_load_after_setup,
   Source s = run_source(ctx);
   auto d = open_destination(ctx);
   const QemuOptions o = qemu10(false);
-  QemuFrontend q(ctx, o);
-  q.bases = s.bases;
-  q.realize();
+  QemuFrontend q = realize_destination(ctx, s, o);
   auto& fe = ctx.fe();
   auto& g = q.guest();
-  uint64_t want = o.guest_features;
-  if (fe.acked_protocol) want |= bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES);
-  fe.set_features(fe.offered_features.value_or(0) & want);
+  fe.set_features(qemu_acked_features(ctx, o));
   fe.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
   for (GuestQueue* r : {&g.rx(), &g.tx()}) {
     fe.set_vring_num(r->index(), r->size());

@@ -98,12 +98,7 @@ CONFORM_CASE(surplus_fds,
     roundtrip(Message::request_with(req(FrontendReq::SET_FEATURES), feats), false);
     fe.acked_features = feats;
     {
-      vhu::MemoryTable t{};
-      t.nregions = 2;
-      t.regions[0] = ctx.ram().region(0);
-      t.regions[1] = ctx.ram().region(1);
-      Message m = Message::empty(req(FrontendReq::SET_MEM_TABLE));
-      m.set_payload_bytes({reinterpret_cast<const uint8_t*>(&t), 8 + 64});
+      Message m = set_mem_table_message(ctx.ram().regions());
       m.fds = ctx.ram().dup_fds();
       roundtrip(std::move(m), false);
     }
@@ -158,12 +153,8 @@ CONFORM_CASE(pipelined_burst,
   fe.send(Message::request_with(req(FrontendReq::SET_FEATURES), acked));
   fe.acked_features = acked;
   {
-    vhu::MemoryTable t{};
-    t.nregions = 2;
-    t.regions[0] = ctx.ram().region(0);
-    t.regions[1] = ctx.ram().region(1);
-    Message m = Message::empty(req(FrontendReq::SET_MEM_TABLE), fe.reply_ack());
-    m.set_payload_bytes({reinterpret_cast<const uint8_t*>(&t), 8 + 64});
+    Message m = set_mem_table_message(ctx.ram().regions());
+    if (fe.reply_ack()) m.hdr.flags |= vhu::kFlagNeedReply;
     m.fds = ctx.ram().dup_fds();
     fe.send(std::move(m));
     if (fe.reply_ack()) {
@@ -254,9 +245,7 @@ CONFORM_CASE(hybrid_connect_line,
                         "(cloud-hypervisor #6621, #6798)",
              .device = "vsock",
              .timeout_ms = 8000) {
-  QemuFrontend q(ctx);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   auto half = raw_host(ctx);
   check(write_all(half.get(), "CONNECT 5"), "the back-end to take half a CONNECT line", "write failed");
@@ -284,9 +273,7 @@ CONFORM_CASE(hybrid_connect_line,
   }
   check(write_all(half.get(), "6\n"), "the back-end to take the rest of the half line", "write failed");
   for (uint32_t port : {56u, 57u}) {
-    auto p = g.wait_rx(
-        [port](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == port; },
-        std::min(ctx.remaining_ms(), 2000));
+    auto p = wait_op(ctx, g, vs::Op::REQUEST, port);
     check(p.has_value(), fmt::format("a REQUEST to guest port {} for a CONNECT line that came in pieces", port),
           "nothing");
     g.accept(port, p->hdr.src_port);
@@ -306,16 +293,12 @@ CONFORM_CASE(nothing_before_response,
                         "vhost-device #963)",
              .device = "vsock") {
   constexpr uint32_t kPort = 70;
-  QemuFrontend q(ctx);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   auto host = ctx.host().connect(kPort);
   const std::string early = "written before the guest answered;";
   check(write_all(host.get(), early), "the back-end to take the host's first bytes", "write failed");
-  auto r = g.wait_rx(
-      [](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == kPort; },
-      std::min(ctx.remaining_ms(), 2000));
+  auto r = wait_op(ctx, g, vs::Op::REQUEST, kPort);
   check(r.has_value(), fmt::format("a REQUEST to guest port {} for the host's CONNECT", kPort), "nothing");
   const uint32_t peer = r->hdr.src_port;
   // A Linux guest answers any other packet on a connecting socket with EPROTO.

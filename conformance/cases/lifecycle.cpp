@@ -15,35 +15,31 @@ namespace vs = vhu::vsock;
 constexpr uint32_t kHostPort = 1234;   // the trace's probe connects to CID 2 port 1234
 constexpr uint32_t kGuestPort = 4219;
 
-struct Stream {
+// Boot as in qemu-7.2-vhost-user-vsock-boot.txt: realize, then DRIVER_OK with
+// 128 rx buffers posted and the guest's REQUEST already on tx. The stream
+// that REQUEST opens is `conn`, its host end `host`.
+struct Booted {
+  Booted(Ctx& ctx, QemuOptions o);
+  VsockGuest& guest() { return q.guest(); }
+  QemuFrontend q;
   vhu::UniqueFd listener;
   vhu::UniqueFd host;
   GuestConn* conn = nullptr;
 };
 
-// Boot as in qemu-7.2-vhost-user-vsock-boot.txt: realize, then DRIVER_OK with
-// 128 rx buffers posted and the guest's REQUEST already on tx.
-Stream boot(Ctx& ctx, QemuFrontend& q) {
-  Stream s;
-  s.listener = ctx.host().listen(kHostPort);
+Booted::Booted(Ctx& ctx, QemuOptions o) : q(ctx, o) {
+  listener = ctx.host().listen(kHostPort);
   q.realize();
   auto& g = q.guest();
   g.post_rx_buffers();
-  s.conn = &g.connect(kGuestPort, kHostPort);  // queued, not yet seen: the ring is not handed over
+  conn = &g.connect(kGuestPort, kHostPort);  // queued, not yet seen: the ring is not handed over
   q.start();
   const int ms = std::min(ctx.remaining_ms(), 3000);
-  s.host = accept_timeout(s.listener.get(), ms);
-  check(s.host.valid(), "the back-end to connect to <uds>_1234 for the REQUEST queued before DRIVER_OK",
+  host = accept_timeout(listener.get(), ms);
+  check(host.valid(), "the back-end to connect to <uds>_1234 for the REQUEST queued before DRIVER_OK",
         "no connection (the pre-signalled kick or the enable was lost)");
-  bool ok = g.wait_until([&] { return s.conn->established || s.conn->reset; }, ms);
-  check(ok && s.conn->established, "a RESPONSE on rx", s.conn->reset ? "RST" : "nothing");
-  return s;
-}
-
-QemuOptions without_mem_slots() {
-  QemuOptions o;
-  o.accept_protocol &= ~vhu::bit(pf::CONFIGURE_MEM_SLOTS);
-  return o;
+  bool ok = g.wait_until([&] { return conn->established || conn->reset; }, ms);
+  check(ok && conn->established, "a RESPONSE on rx", conn->reset ? "RST" : "nothing");
 }
 
 CONFORM_CASE(boot,
@@ -53,13 +49,12 @@ CONFORM_CASE(boot,
              .summary = "QEMU 7.2 boot: start with rx buffers and a REQUEST waiting, data both ways, poweroff stop",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, without_mem_slots());
-  Stream s = boot(ctx, q);
-  auto& g = q.guest();
+  Booted s(ctx, without_mem_slots());
+  auto& g = s.guest();
   exchange(ctx, g, *s.conn, s.host.get(), "boot");
   g.reclaim_tx();
   const uint16_t tx_avail = g.tx().dq().avail_idx();
-  auto bases = q.stop();
+  auto bases = s.q.stop();
   check(bases[vs::kTxQueue] == tx_avail,
         fmt::format("GET_VRING_BASE of tx = {} (every tx buffer processed)", tx_avail),
         std::to_string(bases[vs::kTxQueue]));
@@ -69,9 +64,9 @@ CONFORM_CASE(boot,
 }
 
 void stop_cont(Ctx& ctx, QemuOptions o) {
-  QemuFrontend q(ctx, o);
-  Stream s = boot(ctx, q);
-  auto& g = q.guest();
+  Booted s(ctx, o);
+  auto& q = s.q;
+  auto& g = s.guest();
   exchange(ctx, g, *s.conn, s.host.get(), "before stop");
   for (int round = 1; round <= 2; ++round) {
     // The guest queues data and kicks just before `stop`; the host writes while stopped.
@@ -93,7 +88,7 @@ void stop_cont(Ctx& ctx, QemuOptions o) {
           fmt::format("\"{}\"", in));
     exchange(ctx, g, *s.conn, s.host.get(), fmt::format("after cont {}", round));
   }
-  check(g.anomalies().empty(), "no stray or malformed rx packets", g.anomalies().empty() ? "" : g.anomalies().front());
+  expect_no_anomalies(g, "no stray or malformed rx packets");
 }
 
 CONFORM_CASE(stop_cont,
@@ -147,9 +142,8 @@ CONFORM_CASE(call_fd_replaced,
              .summary = "after QEMU's repeated SET_VRING_CALL only the latest call fd is signalled",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, without_mem_slots());
-  Stream s = boot(ctx, q);
-  auto& g = q.guest();
+  Booted s(ctx, without_mem_slots());
+  auto& g = s.guest();
   // A stale fd from before the last SET_VRING_CALL must stay silent.
   vhu::UniqueFd stale = make_eventfd();
   ctx.fe().set_vring_fd(FrontendReq::SET_VRING_CALL, vs::kRxQueue, stale.get());
@@ -167,9 +161,9 @@ CONFORM_CASE(guest_reset,
              .summary = "guest driver reset: stop, new ring addresses with base 0, start; a new stream works",
              .device = "vsock",
              .timeout_ms = 15000) {
-  QemuFrontend q(ctx, without_mem_slots());
-  Stream s = boot(ctx, q);
-  auto& g = q.guest();
+  Booted s(ctx, without_mem_slots());
+  auto& q = s.q;
+  auto& g = s.guest();
   exchange(ctx, g, *s.conn, s.host.get(), "before the reset");
   q.stop();
   q.guest_reset();
@@ -191,9 +185,8 @@ CONFORM_CASE(frontend_quit,
              .device = "vsock",
              .timeout_ms = 15000) {
   {
-    QemuFrontend q(ctx, without_mem_slots());
-    Stream s = boot(ctx, q);
-    exchange(ctx, q.guest(), *s.conn, s.host.get(), "before quit");
+    Booted s(ctx, without_mem_slots());
+    exchange(ctx, s.guest(), *s.conn, s.host.get(), "before quit");
     write_all(s.host.get(), "in flight at quit;");
   }
   std::string why;

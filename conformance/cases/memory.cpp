@@ -15,15 +15,6 @@ using vhu::FrontendReq;
 using vhu::Message;
 namespace pf = vhu::protocol_feature;
 
-Message table(const std::vector<vhu::MemoryRegion>& regions) {
-  vhu::MemoryTable t{};
-  t.nregions = static_cast<uint32_t>(regions.size());
-  for (size_t i = 0; i < regions.size(); ++i) t.regions[i] = regions[i];
-  Message m = Message::empty(req(FrontendReq::SET_MEM_TABLE));
-  m.set_payload_bytes({reinterpret_cast<const uint8_t*>(&t), 8 + 32 * regions.size()});
-  return m;
-}
-
 vhu::UniqueFd small_memfd(uint64_t size) {
   int fd = memfd_create("conform-small", MFD_CLOEXEC);
   if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) fail("a memfd", "memfd_create failed");
@@ -37,9 +28,7 @@ void prove_datapath(Ctx& ctx, QemuFrontend& q, const std::string& what, uint32_t
   auto& g = q.guest();
   tx_consume(ctx, g, 3, what);
   auto host = ctx.host().connect(port);
-  const auto request = static_cast<uint16_t>(vhu::vsock::Op::REQUEST);
-  auto p = g.wait_rx([&](const RxPacket& r) { return r.hdr.op == request && r.hdr.dst_port == port; },
-                     std::min(ctx.remaining_ms(), 2000));
+  auto p = wait_op(ctx, g, vhu::vsock::Op::REQUEST, port);
   check(p.has_value(), fmt::format("a REQUEST on rx (region 1) for the host's CONNECT {} {}", port, what), "nothing");
 }
 
@@ -48,11 +37,7 @@ CONFORM_CASE(set_mem_table,
              .requirements = {"VU-MEM-TABLE", "VU-MEM-ADDR-MAPPING", "VU-RING-ADDR-UVA"},
              .summary = "two regions whose gpa, uaddr and runner mapping all differ: rings and buffers are found",
              .device = "vsock") {
-  QemuOptions o;
-  o.accept_protocol &= ~vhu::bit(pf::CONFIGURE_MEM_SLOTS);
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx, without_mem_slots());
   prove_datapath(ctx, q, "through a two-region SET_MEM_TABLE", 5100);
 }
 
@@ -61,11 +46,7 @@ CONFORM_CASE(replace_table,
              .requirements = {"VU-MEM-TABLE", "VU-MEM-ADDR-MAPPING"},
              .summary = "a second SET_MEM_TABLE with new userspace addresses replaces the first",
              .device = "vsock") {
-  QemuOptions o;
-  o.accept_protocol &= ~vhu::bit(pf::CONFIGURE_MEM_SLOTS);
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx, without_mem_slots());
   prove_datapath(ctx, q, "with the first table", 5101);
   q.stop();
   ctx.ram().set_uaddr(0, 0x7e1100000000ull);
@@ -133,7 +114,7 @@ CONFORM_CASE(fd_count_mismatch,
              .requirements = {"VU-MEM-TABLE", "VU-REPLY-ACK-VALUE", "VU-ERROR-CLOSE"},
              .summary = "SET_MEM_TABLE with two regions and one fd is refused; the back-end survives") {
   ctx.handshake();
-  Message m = table(ctx.ram().regions());
+  Message m = set_mem_table_message(ctx.ram().regions());
   m.fds.push_back(ctx.ram().dup_fd(0));
   expect_refused(ctx, std::move(m), "SET_MEM_TABLE with 2 regions and 1 fd");
 }
@@ -145,7 +126,7 @@ CONFORM_CASE(zero_size_region,
   ctx.handshake();
   auto regions = ctx.ram().regions();
   regions[1].memory_size = 0;
-  Message m = table(regions);
+  Message m = set_mem_table_message(regions);
   m.fds = ctx.ram().dup_fds();
   expect_refused(ctx, std::move(m), "SET_MEM_TABLE with a zero-size region");
 }
@@ -159,7 +140,7 @@ CONFORM_CASE(overflowing_region,
     auto regions = ctx.ram().regions();
     if (which == 0) regions[1].guest_phys_addr = ~0ull - 0x1000;
     else regions[1].userspace_addr = ~0ull - 0x1000;
-    Message m = table(regions);
+    Message m = set_mem_table_message(regions);
     m.fds = ctx.ram().dup_fds();
     if (expect_refused(ctx, std::move(m), which == 0 ? "a region whose gpa range wraps" : "a region whose uaddr range wraps"))
       return;
@@ -173,7 +154,7 @@ CONFORM_CASE(mmap_offset_beyond_file,
   ctx.handshake();
   auto regions = ctx.ram().regions();
   regions[1].mmap_offset = ctx.ram().file_size(1);
-  Message m = table(regions);
+  Message m = set_mem_table_message(regions);
   m.fds = ctx.ram().dup_fds();
   expect_refused(ctx, std::move(m), "SET_MEM_TABLE with mmap_offset beyond the file");
 }
@@ -186,7 +167,7 @@ CONFORM_CASE(overlapping_regions,
   ctx.handshake();
   auto regions = ctx.ram().regions();
   regions[1].guest_phys_addr = regions[0].guest_phys_addr + 0x1000;
-  Message m = table(regions);
+  Message m = set_mem_table_message(regions);
   m.fds = ctx.ram().dup_fds();
   if (ctx.newest()) {
     expect_refused(ctx, std::move(m), "SET_MEM_TABLE with regions overlapping in gpa");

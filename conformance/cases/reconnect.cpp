@@ -26,9 +26,7 @@ CONFORM_CASE(after_disconnect,
              .summary = "after the front-end disconnects mid-run, a new connection starts from scratch and works",
              .device = "vsock") {
   {
-    QemuFrontend q(ctx);
-    q.realize();
-    q.start();
+    QemuFrontend q = started(ctx);
     tx_consume(ctx, q.guest(), 2, "on the first connection");
   }
   reconnect_or_skip(ctx);

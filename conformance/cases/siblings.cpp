@@ -13,8 +13,6 @@ namespace {
 
 namespace vs = vhu::vsock;
 
-constexpr uint16_t op(vs::Op o) { return static_cast<uint16_t>(o); }
-
 // Bytes that differ per direction and per position, so a lost, repeated or
 // misplaced packet changes what arrives.
 std::string payload(size_t n, char tag) {
@@ -54,21 +52,16 @@ CONFORM_CASE(sibling_stream,
              .siblings = true) {
   constexpr uint32_t kListenPort = 9600, kPeerPort = 9601;
   constexpr size_t kBytes = 48 * 1024;
-  QemuFrontend qb(ctx);
-  qb.realize();
-  qb.start();
+  QemuFrontend qb = started(ctx);
   Ctx& sib = ctx.sibling();
-  QemuFrontend qa(sib);
-  qa.realize();
-  qa.start();
+  QemuFrontend qa = started(sib);
   auto& b = qb.guest();
   auto& a = qa.guest();
   b.allow_peer(sib.cid());
   a.allow_peer(ctx.cid());
 
   auto& ca = a.connect_to(ctx.cid(), kPeerPort, kListenPort);
-  auto req = b.wait_rx([](const RxPacket& p) { return p.hdr.op == op(vs::Op::REQUEST) && p.hdr.dst_port == kListenPort; },
-                       std::min(ctx.remaining_ms(), 2000));
+  auto req = wait_op(ctx, b, vs::Op::REQUEST, kListenPort);
   check(req.has_value(),
         fmt::format("the REQUEST of CID {} port {} to reach CID {} port {}", sib.cid(), kPeerPort, ctx.cid(), kListenPort),
         "nothing in 2 s");
@@ -83,8 +76,7 @@ CONFORM_CASE(sibling_stream,
   send_across(ctx, a, ca, b, cb, kBytes, 'a', fmt::format("from CID {} to CID {}", sib.cid(), ctx.cid()));
   send_across(ctx, b, cb, a, ca, kBytes, 'b', fmt::format("from CID {} to CID {}", ctx.cid(), sib.cid()));
   for (VsockGuest* x : {&a, &b})
-    check(x->anomalies().empty(), fmt::format("no stray or misaddressed packet on CID {}", x->cid()),
-          x->anomalies().empty() ? "" : x->anomalies().front());
+    expect_no_anomalies(*x, fmt::format("no stray or misaddressed packet on CID {}", x->cid()));
 }
 
 }  // namespace

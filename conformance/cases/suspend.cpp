@@ -24,9 +24,11 @@ constexpr uint32_t kGuestPort = 4300;
 constexpr uint32_t kListenPort = 5300;  // guest ports the host CONNECTs to
 constexpr uint64_t kFeaturesOk = 0x8;
 
-// A running device (QEMU 7.2's start) with one guest-initiated stream open.
+// A running device (QEMU 7.2's start) with one guest-initiated stream open,
+// data exchanged on it, and with Stage::Suspended every started ring stopped.
 struct Running {
-  explicit Running(Ctx& ctx) : q(ctx) {}
+  enum class Stage { Started, Suspended };
+  Running(Ctx& ctx, Stage stage);
   QemuFrontend q;
   vhu::UniqueFd listener, host;
   GuestConn* conn = nullptr;
@@ -65,6 +67,11 @@ void suspend(Ctx& ctx, Running& r) {
   r.hash_at_suspend = ctx.ram().hash();
 }
 
+Running::Running(Ctx& ctx, Stage stage) : q(ctx) {
+  start(ctx, *this);
+  if (stage == Stage::Suspended) suspend(ctx, *this);
+}
+
 // Nothing since the suspend (no call, no used entry, and no guest-memory byte
 // changed unless the guest wrote some itself), then nothing over a window.
 void expect_suspended(Ctx& ctx, Running& r, const std::string& while_what, bool guest_wrote = false) {
@@ -96,9 +103,7 @@ CONFORM_CASE(quiet_under_host_traffic,
                         "guest-memory write, no call and no message",
              .device = "vsock",
              .timeout_ms = 10000) {
-  Running r(ctx);
-  start(ctx, r);
-  suspend(ctx, r);
+  Running r(ctx, Running::Stage::Suspended);
   host_write(r.host.get(), "host data while suspended #1;");
   auto c1 = ctx.host().connect(kListenPort);
   expect_suspended(ctx, r, "while suspended, with host data and a host CONNECT waiting");
@@ -115,9 +120,7 @@ CONFORM_CASE(answers_frontend,
                         "and a need_reply SET_VRING_CALL are all answered, and nothing else happens",
              .device = "vsock",
              .timeout_ms = 10000) {
-  Running r(ctx);
-  start(ctx, r);
-  suspend(ctx, r);
+  Running r(ctx, Running::Stage::Suspended);
   host_write(r.host.get(), "host data while suspended;");
   auto& fe = ctx.fe();
   const uint64_t offered = fe.offered_features.value_or(0);
@@ -161,9 +164,7 @@ CONFORM_CASE(new_call_fd_silent,
                         "nor anything else (INTEROP bug 17)",
              .device = "vsock",
              .timeout_ms = 10000) {
-  Running r(ctx);
-  start(ctx, r);
-  suspend(ctx, r);
+  Running r(ctx, Running::Stage::Suspended);
   auto& g = r.q.guest();
   for (GuestQueue* q : {&g.tx(), &g.rx()}) {
     q->new_call_fd();
@@ -190,9 +191,7 @@ CONFORM_CASE(kick_while_stopped,
                         "until SET_VRING_KICK, then used exactly once",
              .device = "vsock",
              .timeout_ms = 10000) {
-  Running r(ctx);
-  start(ctx, r);
-  suspend(ctx, r);
+  Running r(ctx, Running::Stage::Suspended);
   auto& g = r.q.guest();
   auto& fe = ctx.fe();
   auto& tx = g.tx();
@@ -215,7 +214,7 @@ CONFORM_CASE(kick_while_stopped,
   const uint32_t again = fe.get_vring_base(tx.index());
   check(again == want, fmt::format("GET_VRING_BASE of tx = {} (each buffer consumed once)", want),
         std::to_string(again));
-  check(g.anomalies().empty(), "no used entry for a buffer not in flight", g.anomalies().empty() ? "" : g.anomalies()[0]);
+  expect_no_anomalies(g, "no used entry for a buffer not in flight");
 }
 
 CONFORM_CASE(resume_in_order,
@@ -225,9 +224,7 @@ CONFORM_CASE(resume_in_order,
                         "once, and the stream goes on",
              .device = "vsock",
              .timeout_ms = 15000) {
-  Running r(ctx);
-  start(ctx, r);
-  suspend(ctx, r);
+  Running r(ctx, Running::Stage::Suspended);
   auto& g = r.q.guest();
   GuestConn& c = *r.conn;
   // The guest driver does not know the device is stopped: it queues and kicks.
@@ -257,9 +254,7 @@ CONFORM_CASE(resume_in_order,
         in.size() == down.size() ? "the same number of bytes, in another order or altered"
                                  : fmt::format("{} bytes{}", in.size(),
                                                in.size() > down.size() ? " (some twice)" : " (some lost)"));
-  auto req = g.wait_rx([](const RxPacket& p) {
-    return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == kListenPort;
-  }, std::min(ctx.remaining_ms(), 2000));
+  auto req = wait_op(ctx, g, vs::Op::REQUEST, kListenPort);
   check(req.has_value(), fmt::format("a REQUEST to guest port {} for the host CONNECT made while suspended", kListenPort),
         "nothing");
   g.accept(kListenPort, req->hdr.src_port);
@@ -270,7 +265,7 @@ CONFORM_CASE(resume_in_order,
   for (const auto& p : g.backlog())
     check(p.hdr.op != static_cast<uint16_t>(vs::Op::REQUEST) || p.hdr.dst_port != kListenPort,
           "one REQUEST for the one CONNECT", "a second REQUEST: " + vs::describe(p.hdr));
-  check(g.anomalies().empty(), "no stray or malformed rx packets", g.anomalies().empty() ? "" : g.anomalies()[0]);
+  expect_no_anomalies(g, "no stray or malformed rx packets");
 }
 
 // Upstream has no drain rule: a buffer the back-end took but had not used when
@@ -285,8 +280,7 @@ CONFORM_CASE(vring_base_exact,
              .device = "vsock",
              .timeout_ms = 15000,
              .spec_dependent = true) {
-  Running r(ctx);
-  start(ctx, r);
+  Running r(ctx, Running::Stage::Started);
   auto& g = r.q.guest();
   auto& tx = g.tx();
   tx_consume(ctx, g, 5, "before the stop");
@@ -325,7 +319,7 @@ CONFORM_CASE(vring_base_exact,
   const uint32_t last = ctx.fe().get_vring_base(tx.index());
   check(last == end, fmt::format("GET_VRING_BASE of tx = {} at the end (none consumed twice)", end),
         std::to_string(last));
-  check(g.anomalies().empty(), "no used entry for a buffer not in flight", g.anomalies().empty() ? "" : g.anomalies()[0]);
+  expect_no_anomalies(g, "no used entry for a buffer not in flight");
 }
 
 }  // namespace

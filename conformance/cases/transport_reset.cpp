@@ -97,30 +97,61 @@ void hand_over(Frontend& f, GuestQueue& r) {
   f.set_vring_fd(FrontendReq::SET_VRING_KICK, r.index(), r.kick_fd());
 }
 
-// Every ring handed over, the event ring included, as crosvm does. The event
-// ring is enabled before rx and tx, so that a back-end which decides from
-// the start sequence whether the front-end keeps the event queue (README of
-// the reference back-end) sees it handed over, whatever moment it starts a
-// ring at (SET_VRING_KICK or the first kick).
-void start_all_rings(Ctx& ctx, QemuFrontend& q, EventRing& ev, uint64_t acked) {
-  auto& f = ctx.fe();
-  auto& g = q.guest();
-  f.set_ack_policy(Frontend::AckPolicy::Always);
-  f.set_features(acked);
-  f.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
-  for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
-    hand_over(f, *r);
-  }
-  if (f.acked_protocol)
-    for (GuestQueue* r : {&ev.queue(), &g.rx(), &g.tx()}) f.set_vring_enable(r->index(), true);
-}
+// What brings the device up before its guest is set up: restore() unless a
+// case puts a message of its own next to the load, or has no load at all.
+using BringUp = void (*)(Ctx&, QemuFrontend&);
 
-uint64_t guest_acked(Ctx& ctx) {
-  auto& f = ctx.fe();
-  uint64_t want = QemuOptions{}.guest_features;
-  if (f.acked_protocol) want |= vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES);
-  return f.offered_features.value_or(0) & want;
-}
+// The guest of a device that `bring_up` made (a restored one by default),
+// ready to start: rx buffers posted, an event ring without buffers, no ring
+// handed over. The event ring is made after the bring-up: whether it uses
+// EVENT_IDX depends on what the bring-up's last connection negotiated.
+struct Restored {
+  explicit Restored(Ctx& ctx, BringUp bring_up = restore)
+      : ctx(ctx),
+        q(ctx, restore_options()),
+        acked(bring_up_and_ack(ctx, q, bring_up)),
+        ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX)),
+        g(q.guest()) {
+    g.post_rx_buffers();
+  }
+
+  // Every ring handed over, the event ring included, as crosvm does. The
+  // event ring is enabled before rx and tx, so that a back-end which decides
+  // from the start sequence whether the front-end keeps the event queue
+  // (README of the reference back-end) sees it handed over, whatever moment
+  // it starts a ring at (SET_VRING_KICK or the first kick).
+  void start_all_rings() {
+    auto& f = features_and_memory();
+    for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
+      hand_over(f, *r);
+    }
+    if (f.acked_protocol)
+      for (GuestQueue* r : {&ev.queue(), &g.rx(), &g.tx()}) f.set_vring_enable(r->index(), true);
+  }
+
+  // What comes before any ring: the guest's features, then the memory table.
+  Frontend& features_and_memory() {
+    auto& f = ctx.fe();
+    f.set_ack_policy(Frontend::AckPolicy::Always);
+    f.set_features(acked);
+    f.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
+    return f;
+  }
+
+  // Declared in the order they are made: the bring-up runs as `acked` is
+  // initialized, after `q` and before `ev`.
+  Ctx& ctx;
+  QemuFrontend q;
+  const uint64_t acked;  // the guest's features as the front-end will ack them
+  EventRing ev;
+  VsockGuest& g;
+
+ private:
+  static uint64_t bring_up_and_ack(Ctx& ctx, QemuFrontend& q, BringUp bring_up) {
+    bring_up(ctx, q);
+    return qemu_acked_features(ctx);
+  }
+};
 
 // Waits for the event; fails if an rx used entry was visible while no event
 // was. rx is read before the event ring, so rx > 0 with no event yet means
@@ -141,6 +172,13 @@ void expect_event_first(Ctx& ctx, VsockGuest& g, EventRing& ev, uint16_t rx_used
         got ? got->second : "no used entry");
 }
 
+// The guest's REQUEST, queued before the rings were handed over, is answered
+// once the event is out of the way.
+void expect_answer_after_event(Ctx& ctx, VsockGuest& g, const GuestConn& c) {
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok, "an answer (RESPONSE or RST) to the guest's REQUEST after the event", "nothing");
+}
+
 // No REQUEST reaches the guest for `what` over the quiet window.
 void expect_no_request(Ctx& ctx, VsockGuest& g, const std::string& what) {
   auto p = g.wait_rx([](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST); },
@@ -150,9 +188,7 @@ void expect_no_request(Ctx& ctx, VsockGuest& g, const std::string& what) {
 
 // The host's CONNECT reaches the guest; accepted, the host reads "OK ".
 void expect_host_connect(Ctx& ctx, VsockGuest& g, int host_fd, uint32_t guest_port, const std::string& when) {
-  auto p = g.wait_rx(
-      [&](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == guest_port; },
-      std::min(ctx.remaining_ms(), 2000));
+  auto p = wait_op(ctx, g, vs::Op::REQUEST, guest_port);
   check(p.has_value(), fmt::format("a REQUEST to guest port {} for the host's CONNECT {}", guest_port, when), "nothing");
   g.accept(guest_port, p->hdr.src_port);
   const std::string ok = read_line(host_fd, std::min(ctx.remaining_ms(), 2000));
@@ -177,24 +213,19 @@ CONFORM_CASE(event_first,
              .timeout_ms = 10000) {
   constexpr uint32_t kHostPort = 7100, kGuestPort = 7101;
   auto listener = ctx.host().listen(kHostPort);
-  QemuFrontend q(ctx, restore_options());
-  restore(ctx, q);
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
-  g.post_rx_buffers();
+  Restored r(ctx);
+  auto& g = r.g;
   // The guest's REQUEST waits in tx when the rings arrive; its answer is rx traffic.
   auto& c = g.connect(kGuestPort, kHostPort);
-  start_all_rings(ctx, q, ev, acked);
+  r.start_all_rings();
   // No event buffer yet: the event must wait for one, and rx with it.
   std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
   check(g.rx().used_idx() == 0, "no rx packet while TRANSPORT_RESET waits for an event buffer",
         fmt::format("rx used idx {}", g.rx().used_idx()));
-  ev.post(1);
-  expect_event_first(ctx, g, ev, 0);
+  r.ev.post(1);
+  expect_event_first(ctx, g, r.ev, 0);
   // Afterwards the guest's own traffic flows.
-  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
-  check(ok, "an answer (RESPONSE or RST) to the guest's REQUEST after the event", "nothing");
+  expect_answer_after_event(ctx, g, c);
 }
 
 CONFORM_CASE(host_connect_after_config_read,
@@ -204,17 +235,13 @@ CONFORM_CASE(host_connect_after_config_read,
              .device = "vsock",
              .protocol_features = {pf::DEVICE_STATE},
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, restore_options());
-  restore(ctx, q);
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
-  g.post_rx_buffers();
-  ev.post(2);
+  Restored r(ctx);
+  auto& g = r.g;
+  r.ev.post(2);
   HostSide host = ctx.host();
   auto early = host.connect(7201);  // before the rings: the connection storm on resume
-  start_all_rings(ctx, q, ev, acked);
-  expect_event_first(ctx, g, ev, 0);
+  r.start_all_rings();
+  expect_event_first(ctx, g, r.ev, 0);
   auto late = host.connect(7202);  // after the event, before the config read
   expect_no_request(ctx, g, "between TRANSPORT_RESET and the driver's config re-read");
   read_config(ctx);
@@ -229,19 +256,17 @@ CONFORM_CASE(early_config_read_ignored,
              .device = "vsock",
              .protocol_features = {pf::DEVICE_STATE},
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, restore_options());
-  restore(ctx, q);
-  // The driver's initial read, interrupted by the snapshot, lands after the
-  // load: it says nothing about the reset still to come (the seed's race).
-  read_config(ctx);
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
-  g.post_rx_buffers();
-  ev.post(1);
+  Restored r(ctx, [](Ctx& c, QemuFrontend& q) {
+    restore(c, q);
+    // The driver's initial read, interrupted by the snapshot, lands after the
+    // load: it says nothing about the reset still to come (the seed's race).
+    read_config(c);
+  });
+  auto& g = r.g;
+  r.ev.post(1);
   auto s = ctx.host().connect(7301);
-  start_all_rings(ctx, q, ev, acked);
-  expect_event_first(ctx, g, ev, 0);
+  r.start_all_rings();
+  expect_event_first(ctx, g, r.ev, 0);
   expect_no_request(ctx, g, "after TRANSPORT_RESET when the only config read came before it");
   read_config(ctx);
   expect_host_connect(ctx, g, s.get(), 7301, "after the config re-read");
@@ -281,26 +306,18 @@ CONFORM_CASE(queues_one_after_another,
              .timeout_ms = 10000) {
   constexpr uint32_t kHostPort = 7600, kGuestPort = 7601;
   auto listener = ctx.host().listen(kHostPort);
-  QemuFrontend q(ctx, restore_options());
-  restore(ctx, q);
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
-  g.post_rx_buffers();
+  Restored r(ctx);
+  auto& g = r.g;
   auto& c = g.connect(kGuestPort, kHostPort);
-  auto& f = ctx.fe();
-  f.set_ack_policy(Frontend::AckPolicy::Always);
-  f.set_features(acked);
-  f.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
-  ev.post(1);
-  for (GuestQueue* r : {&g.rx(), &g.tx(), &ev.queue()}) {
-    if (r == &ev.queue()) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // crosvm's next activation
-    hand_over(f, *r);
-    if (f.acked_protocol) f.set_vring_enable(r->index(), true);
+  auto& f = r.features_and_memory();
+  r.ev.post(1);
+  for (GuestQueue* ring : {&g.rx(), &g.tx(), &r.ev.queue()}) {
+    if (ring == &r.ev.queue()) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // crosvm's next activation
+    hand_over(f, *ring);
+    if (f.acked_protocol) f.set_vring_enable(ring->index(), true);
   }
-  expect_event_first(ctx, g, ev, 0);
-  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
-  check(ok, "an answer (RESPONSE or RST) to the guest's REQUEST after the event", "nothing");
+  expect_event_first(ctx, g, r.ev, 0);
+  expect_answer_after_event(ctx, g, c);
 }
 
 CONFORM_CASE(device_reset_clears_pending,
@@ -311,21 +328,18 @@ CONFORM_CASE(device_reset_clears_pending,
              .device = "vsock",
              .protocol_features = {pf::DEVICE_STATE, pf::RESET_DEVICE},
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, restore_options());
-  restore(ctx, q);
-  // The restored guest reboots before its driver ever ran: a fresh device.
-  ctx.fe().reset_device();
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
-  g.post_rx_buffers();
-  ev.post(2);
-  start_all_rings(ctx, q, ev, acked);
+  Restored r(ctx, [](Ctx& c, QemuFrontend& q) {
+    restore(c, q);
+    // The restored guest reboots before its driver ever ran: a fresh device.
+    c.fe().reset_device();
+  });
+  r.ev.post(2);
+  r.start_all_rings();
   std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
-  check(ev.queue().used_idx() == 0, "no TRANSPORT_RESET left over from before the device reset",
-        fmt::format("event ring used idx {}", ev.queue().used_idx()));
+  check(r.ev.queue().used_idx() == 0, "no TRANSPORT_RESET left over from before the device reset",
+        fmt::format("event ring used idx {}", r.ev.queue().used_idx()));
   auto s = ctx.host().connect(7601);
-  expect_host_connect(ctx, g, s.get(), 7601, "after the device reset, with no config read");
+  expect_host_connect(ctx, r.g, s.get(), 7601, "after the device reset, with no config read");
 }
 
 CONFORM_CASE(none_without_load,
@@ -334,18 +348,15 @@ CONFORM_CASE(none_without_load,
              .summary = "a fresh start with the event ring handed over and no load sends no TRANSPORT_RESET",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q(ctx, restore_options());
-  q.realize();
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
-  g.post_rx_buffers();
-  ev.post(4);
-  start_all_rings(ctx, q, ev, acked);
+  // The same set-up as after a load, with a plain realize in its place.
+  Restored r(ctx, [](Ctx&, QemuFrontend& q) { q.realize(); });
+  auto& g = r.g;
+  r.ev.post(4);
+  r.start_all_rings();
   std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
   auto no_event = [&] {
-    check(ev.queue().used_idx() == 0, "no TRANSPORT_RESET on a device that was never loaded",
-          fmt::format("event ring used idx {}", ev.queue().used_idx()));
+    check(r.ev.queue().used_idx() == 0, "no TRANSPORT_RESET on a device that was never loaded",
+          fmt::format("event ring used idx {}", r.ev.queue().used_idx()));
   };
   no_event();
   auto s = ctx.host().connect(7501);
@@ -372,22 +383,16 @@ CONFORM_CASE(sibling_after_config_read,
   constexpr uint32_t kGuestPort = 7700, kSiblingPort = 7701;
   // The sibling runs as an ordinary QEMU guest the whole time.
   Ctx& sib = ctx.sibling();
-  QemuFrontend qa(sib);
-  qa.realize();
-  qa.start();
+  QemuFrontend qa = started(sib);
   auto& a = qa.guest();
   a.allow_peer(ctx.cid());
 
-  QemuFrontend q(ctx, restore_options());
-  restore(ctx, q);
-  const uint64_t acked = guest_acked(ctx);
-  EventRing ev(ctx, vhu::has_bit(acked, vhu::feature::RING_EVENT_IDX));
-  auto& g = q.guest();
+  Restored r(ctx);
+  auto& g = r.g;
   g.allow_peer(sib.cid());
-  g.post_rx_buffers();
-  ev.post(1);
-  start_all_rings(ctx, q, ev, acked);
-  expect_event_first(ctx, g, ev, 0);
+  r.ev.post(1);
+  r.start_all_rings();
+  expect_event_first(ctx, g, r.ev, 0);
 
   // Once the sibling's back-end has taken the REQUEST off its tx ring, the
   // packet is with the restored guest's device, which may pass it on at once
@@ -414,9 +419,7 @@ CONFORM_CASE(sibling_after_config_read,
     ca = &a.connect_to(ctx.cid(), kSiblingPort + 1, kGuestPort);
   }
   const uint32_t from_port = ca->local_port;
-  auto req = g.wait_rx(
-      [&](const RxPacket& p) { return p.hdr.op == static_cast<uint16_t>(vs::Op::REQUEST) && p.hdr.dst_port == kGuestPort; },
-      std::min(ctx.remaining_ms(), 2000));
+  auto req = wait_op(ctx, g, vs::Op::REQUEST, kGuestPort);
   check(req.has_value(), fmt::format("the REQUEST of CID {} port {} after the config re-read", sib.cid(), from_port),
         "nothing in 2 s");
   check(req->hdr.src_cid == sib.cid() && req->hdr.src_port == from_port,

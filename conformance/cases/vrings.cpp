@@ -12,14 +12,6 @@ using vhu::Message;
 namespace pf = vhu::protocol_feature;
 namespace vs = vhu::vsock;
 
-// Up to (not including) the SET_VRING_KICK of the tx ring, through the QEMU start.
-QemuFrontend started(Ctx& ctx, QemuOptions o = {}) {
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
-  return q;
-}
-
 CONFORM_CASE(num_not_power_of_two,
              .id = "vrings.num_not_power_of_two",
              .requirements = {"VQ-QUEUE-SIZE", "VU-REPLY-ACK-VALUE", "VU-ERROR-CLOSE"},
@@ -103,10 +95,7 @@ CONFORM_CASE(kick_no_fd_flag,
              .requirements = {"VU-VRING-NOFD"},
              .summary = "SET_VRING_KICK with the invalid-FD flag: the back-end polls the ring (no kick needed)",
              .device = "vsock") {
-  QemuOptions o;
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   auto& fe = ctx.fe();
   fe.set_vring_fd(FrontendReq::SET_VRING_KICK, vs::kTxQueue, -1);
@@ -187,9 +176,7 @@ CONFORM_CASE(enabled_without_protocol_features,
              .device = "vsock") {
   QemuOptions o;
   o.negotiate_protocol_features = false;
-  QemuFrontend q(ctx, o);
-  q.realize();
-  q.start();
+  QemuFrontend q = started(ctx, o);
   tx_consume(ctx, q.guest(), 2, "with rings never enabled by message (SET_FEATURES without bit 30)");
 }
 

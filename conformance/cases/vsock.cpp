@@ -27,13 +27,6 @@ using vs::Op;
 
 constexpr uint16_t op(Op o) { return static_cast<uint16_t>(o); }
 
-QemuFrontend running(Ctx& ctx) {
-  QemuFrontend q(ctx);
-  q.realize();
-  q.start();
-  return q;
-}
-
 std::string pattern(size_t n, unsigned seed) {
   std::string s(n, '\0');
   uint32_t x = 0x9e3779b9u * (seed + 1);
@@ -75,8 +68,7 @@ bool write_for(int fd, std::string_view data, int ms) {
 // A host-initiated connection to `guest_port`, accepted by the guest with
 // receive buffer `buf_alloc`. The host program has read its "OK " line.
 GuestConn& accept_host(Ctx& ctx, VsockGuest& g, int host_fd, uint32_t guest_port, uint32_t buf_alloc = 256 * 1024) {
-  auto p = g.wait_rx([&](const RxPacket& p) { return p.hdr.op == op(Op::REQUEST) && p.hdr.dst_port == guest_port; },
-                     std::min(ctx.remaining_ms(), 2000));
+  auto p = wait_op(ctx, g, Op::REQUEST, guest_port);
   check(p.has_value(), fmt::format("a REQUEST to guest port {} for the host's CONNECT", guest_port), "nothing");
   GuestConn& c = g.conns()[{guest_port, p->hdr.src_port}];
   c = GuestConn{};
@@ -100,9 +92,45 @@ std::vector<RxPacket> flow_packets(VsockGuest& g, uint32_t guest_port, uint32_t 
   return out;
 }
 
-std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, Op o, uint32_t guest_port, int ms) {
-  return g.wait_rx([&](const RxPacket& p) { return p.hdr.op == op(o) && p.hdr.dst_port == guest_port; },
-                   std::min(ctx.remaining_ms(), ms));
+// A running device with a stream the guest opened from `guest_port` to the
+// host program listening on `host_port`. Nothing polls rx before the
+// REQUEST, so the guest's backlog holds the stream from its first packet.
+struct GuestOpened {
+  GuestOpened(Ctx& ctx, uint32_t guest_port, uint32_t host_port)
+      : q(started(ctx)),
+        g(q.guest()),
+        listener(ctx.host().listen(host_port)),
+        host(open_stream(ctx, g, guest_port, host_port, listener.get())),
+        c(*g.conn(guest_port, host_port)) {}
+  QemuFrontend q;
+  VsockGuest& g;
+  vhu::UniqueFd listener, host;
+  GuestConn& c;
+};
+
+// A running device with a stream the host program opened to `guest_port`,
+// accepted by the guest with receive buffer `buf_alloc`.
+struct HostOpened {
+  HostOpened(Ctx& ctx, uint32_t guest_port, uint32_t buf_alloc = 256 * 1024)
+      : q(started(ctx)),
+        g(q.guest()),
+        host(ctx.host().connect(guest_port)),
+        c(accept_host(ctx, g, host.get(), guest_port, buf_alloc)) {}
+  QemuFrontend q;
+  VsockGuest& g;
+  vhu::UniqueFd host;
+  GuestConn& c;
+};
+
+// The guest writes `data` on `c` while the host program reads up to its size
+// for `ms`; returns what the host read.
+std::string guest_to_host(VsockGuest& g, GuestConn& c, int host_fd, const std::string& data, int ms) {
+  std::string got;
+  {
+    std::jthread reader([&] { got = read_n(host_fd, data.size(), ms); });
+    g.write(c, data);
+  }
+  return got;
 }
 
 // ---- config ----
@@ -140,16 +168,9 @@ CONFORM_CASE(stream_guest_to_host,
              .summary = "384 KiB from a guest-initiated stream reach the host program byte for byte, in order, once",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto listener = ctx.host().listen(8100);
-  auto host = open_stream(ctx, g, 8101, 8100, listener.get());
+  GuestOpened s(ctx, 8101, 8100);
   const std::string data = pattern(384 * 1024, 1);
-  std::string got;
-  {
-    std::jthread reader([&] { got = read_n(host.get(), data.size(), 4000); });
-    g.write(*g.conn(8101, 8100), data);
-  }
+  const std::string got = guest_to_host(s.g, s.c, s.host.get(), data, 4000);
   check(got == data, "the host to read the guest's 384 KiB exactly", first_difference(data, got));
 }
 
@@ -159,18 +180,15 @@ CONFORM_CASE(stream_host_to_guest,
              .summary = "384 KiB from a host-initiated stream reach the guest byte for byte, in order, once",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto host = ctx.host().connect(8200);
-  GuestConn& c = accept_host(ctx, g, host.get(), 8200);
+  HostOpened s(ctx, 8200);
   const std::string data = pattern(384 * 1024, 2);
   bool written = false;
   {
-    std::jthread writer([&] { written = write_for(host.get(), data, 4000); });
-    g.wait_until([&] { return c.received.size() >= data.size() || c.reset; }, std::min(ctx.remaining_ms(), 4000));
+    std::jthread writer([&] { written = write_for(s.host.get(), data, 4000); });
+    s.g.wait_until([&] { return s.c.received.size() >= data.size() || s.c.reset; }, std::min(ctx.remaining_ms(), 4000));
   }
   check(written, "the back-end to take the host program's 384 KiB", "the host socket stayed full");
-  check(c.received == data, "the guest to receive the host's 384 KiB exactly", first_difference(data, c.received));
+  check(s.c.received == data, "the guest to receive the host's 384 KiB exactly", first_difference(data, s.c.received));
 }
 
 // ---- credit ----
@@ -183,10 +201,9 @@ CONFORM_CASE(credit_respected,
              .device = "vsock",
              .timeout_ms = 10000) {
   constexpr uint32_t kBufAlloc = 16 * 1024;
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto host = ctx.host().connect(8300);
-  GuestConn& c = accept_host(ctx, g, host.get(), 8300, kBufAlloc);
+  HostOpened s(ctx, 8300, kBufAlloc);
+  auto& g = s.g;
+  auto& c = s.c;
   const std::string data = pattern(256 * 1024, 3);
   // The guest hands credit back only by answering CREDIT_REQUEST (VsockGuest
   // does so while it polls), so what the device may have in flight is
@@ -195,7 +212,7 @@ CONFORM_CASE(credit_respected,
   std::string violation;
   bool written = false;
   {
-    std::jthread writer([&] { written = write_for(host.get(), data, 4000); });
+    std::jthread writer([&] { written = write_for(s.host.get(), data, 4000); });
     const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms(), 4000));
     while (c.received.size() < data.size() && !c.reset && Clock::now() < end && violation.empty()) {
       for (const auto& p : g.poll_rx()) {
@@ -222,10 +239,8 @@ CONFORM_CASE(credit_request_answered,
              .requirements = {"VSOCK-CREDIT-REQUEST", "VSOCK-CREDIT-FIELDS"},
              .summary = "CREDIT_REQUEST on an open stream is answered with CREDIT_UPDATE",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto listener = ctx.host().listen(8400);
-  auto host = open_stream(ctx, g, 8401, 8400, listener.get());
+  GuestOpened s(ctx, 8401, 8400);
+  auto& g = s.g;
   g.backlog().clear();
   g.send(g.hdr(Op::CREDIT_REQUEST, 8401, 8400));
   auto p = wait_op(ctx, g, Op::CREDIT_UPDATE, 8401, 1000);
@@ -240,19 +255,12 @@ CONFORM_CASE(credit_update_unasked,
              .summary = "a guest that never asks (as Linux) still gets credit back: 4x buf_alloc flows to the host",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto listener = ctx.host().listen(8500);
-  auto host = open_stream(ctx, g, 8501, 8500, listener.get());
-  GuestConn& c = *g.conn(8501, 8500);
-  check(c.peer_buf_alloc > 0, "a non-zero buf_alloc in the RESPONSE", "buf_alloc 0");
-  const size_t n = std::min<size_t>(4ull * c.peer_buf_alloc, 1u << 20);
+  GuestOpened s(ctx, 8501, 8500);
+  check(s.c.peer_buf_alloc > 0, "a non-zero buf_alloc in the RESPONSE", "buf_alloc 0");
+  const size_t n = std::min<size_t>(4ull * s.c.peer_buf_alloc, 1u << 20);
   const std::string data = pattern(n, 5);
-  std::string got;
-  {
-    std::jthread reader([&] { got = read_n(host.get(), data.size(), 3000); });
-    g.write(c, data);  // fails when no credit comes back within 2 s
-  }
+  // The guest's write fails when no credit comes back within 2 s.
+  const std::string got = guest_to_host(s.g, s.c, s.host.get(), data, 3000);
   check(got == data, fmt::format("the host to read all {} bytes", n), first_difference(data, got));
 }
 
@@ -263,21 +271,14 @@ CONFORM_CASE(credit_fields_valid,
                         "of the bytes the guest sent",
              .device = "vsock",
              .timeout_ms = 10000) {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto listener = ctx.host().listen(8600);
-  g.backlog().clear();
-  auto host = open_stream(ctx, g, 8601, 8600, listener.get());
-  GuestConn& c = *g.conn(8601, 8600);
+  GuestOpened s(ctx, 8601, 8600);
+  auto& g = s.g;
+  auto& c = s.c;
   const std::string up = pattern(100 * 1024, 6);
-  std::string got;
-  {
-    std::jthread reader([&] { got = read_n(host.get(), up.size(), 3000); });
-    g.write(c, up);
-  }
+  const std::string got = guest_to_host(g, c, s.host.get(), up, 3000);
   check(got == up, "the host to read the guest's 100 KiB", first_difference(up, got));
   const std::string down = pattern(20 * 1024, 7);
-  check(write_for(host.get(), down, 2000), "the host socket to take 20 KiB", "full");
+  check(write_for(s.host.get(), down, 2000), "the host socket to take 20 KiB", "full");
   g.wait_until([&] { return c.received.size() >= down.size(); }, std::min(ctx.remaining_ms(), 2000));
   check(c.received == down, "the guest to receive the host's 20 KiB", first_difference(down, c.received));
   // Let the device report what it forwarded.
@@ -306,7 +307,7 @@ CONFORM_CASE(rst_unknown_connection,
              .requirements = {"VSOCK-RST-UNKNOWN-CONN"},
              .summary = "RW and SHUTDOWN for a connection that does not exist are answered with RST",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   const std::string x = "no such connection";
   g.send(g.hdr(Op::RW, 8701, 8700), {reinterpret_cast<const uint8_t*>(x.data()), x.size()});
@@ -324,7 +325,7 @@ CONFORM_CASE(rst_closed_port,
              .requirements = {"VSOCK-RST-NO-LISTENER"},
              .summary = "a REQUEST to a host port nobody listens on is answered with RST",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   ::unlink(fmt::format("{}_{}", ctx.host().uds(), 8800).c_str());
   auto& c = g.connect(8801, 8800);
@@ -337,7 +338,7 @@ CONFORM_CASE(no_rst_for_rst,
              .requirements = {"VSOCK-RST-NOT-ANSWERED"},
              .summary = "an RST for a flow that does not exist is not answered (cloud-hypervisor #8692)",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   g.send(g.hdr(Op::RST, 8901, 8900));
   auto p = wait_op(ctx, g, Op::RST, 8901, ctx.cfg().quiet_window_ms);
@@ -349,7 +350,7 @@ CONFORM_CASE(rst_unknown_type,
              .requirements = {"VSOCK-RST-UNKNOWN-TYPE"},
              .summary = "a REQUEST with an unknown type (7) to a listening host port is answered with RST, not connected",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   auto listener = ctx.host().listen(9000);
   auto h = g.hdr(Op::REQUEST, 9001, 9000);
@@ -369,11 +370,10 @@ CONFORM_CASE(shutdown_guest_to_host,
              .summary = "the guest's SHUTDOWN(SEND) reaches the host as end of stream after the data; the other "
                         "direction stays open",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto listener = ctx.host().listen(9100);
-  auto host = open_stream(ctx, g, 9101, 9100, listener.get());
-  GuestConn& c = *g.conn(9101, 9100);
+  GuestOpened st(ctx, 9101, 9100);
+  auto& g = st.g;
+  auto& c = st.c;
+  auto& host = st.host;
   g.write(c, "last words;");
   auto s = g.hdr(Op::SHUTDOWN, 9101, 9100);
   s.flags = vs::kShutdownSend;
@@ -396,10 +396,10 @@ CONFORM_CASE(shutdown_host_to_guest,
              .summary = "the host's shutdown(SHUT_WR) reaches the guest as SHUTDOWN with the SEND bit after the "
                         "data; the other direction stays open",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto host = ctx.host().connect(9200);
-  GuestConn& c = accept_host(ctx, g, host.get(), 9200);
+  HostOpened st(ctx, 9200);
+  auto& g = st.g;
+  auto& c = st.c;
+  auto& host = st.host;
   check(write_all(host.get(), "bye;"), "the host socket to take data", "write failed");
   ::shutdown(host.get(), SHUT_WR);
   bool ok = g.wait_until([&] { return (c.shutdown_flags & vs::kShutdownSend) || c.reset; },
@@ -441,7 +441,7 @@ CONFORM_CASE(seqpacket_boundaries,
              .summary = "SEQPACKET keeps message boundaries both ways (EOM on the last RW of each message)",
              .device = "vsock",
              .features = {vhu::feature::VSOCK_F_SEQPACKET}) {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   if (!vhu::has_bit(q.acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
     skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
   auto& g = q.guest();
@@ -506,7 +506,7 @@ CONFORM_CASE(spoofed_src_cid_dropped,
              .requirements = {"VSOCK-SRC-CID"},
              .summary = "a REQUEST whose src_cid is not the guest's CID is dropped: no host connection, no answer",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   auto listener = ctx.host().listen(9400);
   auto h = g.hdr(Op::REQUEST, 9401, 9400);
@@ -527,7 +527,7 @@ CONFORM_CASE(outside_groups_refused,
              .summary = "a REQUEST to a CID that is neither the host nor a sibling in the guest's groups gets RST "
                         "and reaches nobody",
              .device = "vsock") {
-  QemuFrontend q = running(ctx);
+  QemuFrontend q = started(ctx);
   auto& g = q.guest();
   auto listener = ctx.host().listen(9500);
   // A CID no test set-up gives a VM: the guest's own plus a large offset.
@@ -562,10 +562,8 @@ CONFORM_CASE(ignored_credit_bounded,
   if (!ctx.backend().spawned())
     skip("the back-end's resident memory is only visible when the runner spawns it (--spawn/--profile), not with "
          "--connect/--listen");
-  QemuFrontend q = running(ctx);
-  auto& g = q.guest();
-  auto listener = ctx.host().listen(9600);
-  auto host = open_stream(ctx, g, 9601, 9600, listener.get());  // the host never reads
+  GuestOpened s(ctx, 9601, 9600);  // the host never reads
+  auto& g = s.g;
   const uint64_t rss0 = vm_rss_kib(ctx.backend().pid());
   check(rss0 > 0, "VmRSS in /proc/<pid>/status of the back-end", "not readable");
   const std::string chunk = pattern(VsockGuest::kBufSize - vs::kHdrSize, 12);
