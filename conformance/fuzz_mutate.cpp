@@ -138,6 +138,8 @@ void mutate_once(Input& in, const Input& other, Rng& rng) {
     case 7:  // fd count: the rule's, or an exact number of 0..8
       r.hdr.fds = one_in(rng, 3) ? 0 : static_cast<uint8_t>(1 + below(rng, vhu::kMaxFds + 1));
       r.hdr.aux ^= one_in(rng, 4) ? fr::kAuxSignal : 0;
+      // Now and then an fd of the wrong kind where an eventfd belongs.
+      r.hdr.aux ^= one_in(rng, 16) ? (one_in(rng, 2) ? fr::kAuxHungUp : fr::kAuxRegularFile) : 0;
       break;
     case 8:  // drop
       if (in.size() > 1) in.erase(in.begin() + static_cast<ptrdiff_t>(below(rng, in.size())));

@@ -278,7 +278,7 @@ class Exec {
     m.hdr.flags = r.hdr.flags;
     m.set_payload_bytes(r.payload);
     const size_t n = vhu::fuzz::fd_count(r.hdr, m);
-    for (size_t i = 0; i < n; ++i) m.fds.push_back(make_fd(m, i, (r.hdr.aux & fr::kAuxSignal) != 0));
+    for (size_t i = 0; i < n; ++i) m.fds.push_back(make_fd(m, i, r.hdr.aux));
     const std::string must = neg_.must_answer(m);
     // A front-end asks for the verdict once it has written the whole state.
     if (m.hdr.request == static_cast<uint32_t>(FrontendReq::CHECK_DEVICE_STATE)) state_write_.reset();
@@ -364,8 +364,8 @@ class Exec {
     }
   }
 
-  UniqueFd make_fd(const Message& m, size_t i, bool signalled) {
-    const vhu::fuzz::FdPlan p = vhu::fuzz::plan_fd(m, i);
+  UniqueFd make_fd(const Message& m, size_t i, uint8_t aux) {
+    const vhu::fuzz::FdPlan p = vhu::fuzz::plan_fd(m, i, aux);
     switch (p.kind) {
       case vhu::fuzz::FdKind::Memfd: {
         UniqueFd fd(::memfd_create("vuc-fuzz-region", MFD_CLOEXEC));
@@ -388,10 +388,21 @@ class Exec {
         state_read_.reset(fds[0]);
         return UniqueFd(fds[1]);
       }
+      case vhu::fuzz::FdKind::HungUpPipe: {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error(fmt::format("pipe2: {}", std::strerror(errno)));
+        ::close(fds[1]);
+        return UniqueFd(fds[0]);
+      }
+      case vhu::fuzz::FdKind::RegularFile: {
+        UniqueFd fd(::memfd_create("vuc-fuzz-not-an-eventfd", MFD_CLOEXEC));
+        if (!fd.valid()) throw std::runtime_error(fmt::format("memfd_create: {}", std::strerror(errno)));
+        return fd;
+      }
       case vhu::fuzz::FdKind::Eventfd:
         break;
     }
-    UniqueFd fd(::eventfd(signalled ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK));
+    UniqueFd fd(::eventfd((aux & fr::kAuxSignal) ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!fd.valid()) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
     if (p.kick_ring) kicks_[*p.kick_ring] = UniqueFd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3));
     return fd;

@@ -42,6 +42,7 @@
 #include "msglog.h"
 #include "vhu/channel.h"
 #include "vhu/messages.h"
+#include "vhu/vsock.h"
 
 namespace {
 
@@ -99,7 +100,13 @@ class Harness {
     const auto op = in.take<uint8_t>();
     switch (op % 7) {
       case 0: write(backend_.get(), in); return;
-      case 1: runner([&] { typed(in.take<uint8_t>(), in.take<uint32_t>()); }); break;
+      case 1: {
+        // Read in order: the order of evaluation of call arguments is unspecified.
+        const auto which = in.take<uint8_t>();
+        const auto arg = in.take<uint32_t>();
+        runner([&] { typed(which, arg); });
+        break;
+      }
       case 2: {
         const auto id = in.take<uint32_t>();
         const auto flags = in.take<uint32_t>();
@@ -186,6 +193,8 @@ class Harness {
       case 5: {
         const auto c = f.get_config(arg & 0xff, (arg >> 8) % 300);
         VHU_FUZZ_CHECK(c.size() == (arg >> 8) % 300);
+        // The vsock cases read guest_cid out of it.
+        if (auto cid = vhu::vsock::decode_config(c); !cid) VHU_FUZZ_CHECK(c.size() < vhu::vsock::kConfigSize);
         break;
       }
       case 6: (void)f.get_status(); break;

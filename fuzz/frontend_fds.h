@@ -80,8 +80,8 @@ inline EventfdPool& eventfds() {
 class FrontendFds {
  public:
   // The fd for position `i` of message `m`, of the kind vhu/fuzz_fds.h says.
-  UniqueFd make(const Message& m, size_t i, bool signalled) {
-    const FdPlan p = plan_fd(m, i);
+  UniqueFd make(const Message& m, size_t i, uint8_t aux) {
+    const FdPlan p = plan_fd(m, i, aux);
     switch (p.kind) {
       case FdKind::Memfd:
         return make_memfd(p.memfd_bytes);
@@ -97,10 +97,21 @@ class FrontendFds {
         state_read_ = UniqueFd(fds[0]);
         return UniqueFd(fds[1]);
       }
+      case FdKind::HungUpPipe: {
+        int fds[2];
+        VHU_FUZZ_CHECK(::pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0);
+        ::close(fds[1]);
+        return UniqueFd(fds[0]);
+      }
+      case FdKind::RegularFile: {
+        UniqueFd fd(::memfd_create("vhu-fuzz-not-an-eventfd", MFD_CLOEXEC));
+        VHU_FUZZ_CHECK(fd.valid());
+        return fd;
+      }
       case FdKind::Eventfd:
         break;
     }
-    UniqueFd fd = eventfds().take(signalled);
+    UniqueFd fd = eventfds().take((aux & framing::kAuxSignal) != 0);
     if (p.kick_ring) kicks_[*p.kick_ring] = UniqueFd(::dup(fd.get()));
     return fd;
   }

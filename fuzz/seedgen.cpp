@@ -164,7 +164,8 @@ void realize(Session& s, uint64_t pf) {
 }
 
 // QEMU 7.2's start sequence, with the rings of `g` written into guest RAM.
-void start(Session& s, GuestRings& g, bool event_ring, bool add_mem_reg) {
+// kick_aux: each ring's SET_VRING_KICK record aux (kAuxSignal when not given).
+void start(Session& s, GuestRings& g, bool event_ring, bool add_mem_reg, std::vector<uint8_t> kick_aux = {}) {
   namespace f = vhu::feature;
   s.req(FrontendReq::SET_FEATURES, vhu::bit(f::VSOCK_F_STREAM) | vhu::bit(f::VSOCK_F_SEQPACKET) |
                                        vhu::bit(f::VHOST_USER_F_PROTOCOL_FEATURES) | vhu::bit(f::VERSION_1));
@@ -193,7 +194,7 @@ void start(Session& s, GuestRings& g, bool event_ring, bool add_mem_reg) {
     s.req(FrontendReq::SET_VRING_BASE, vhu::VringState{i, 0});
     s.req(FrontendReq::SET_VRING_ADDR, vhu::VringAddr{i, 0, kUva + g.q[i].desc_gpa(), kUva + g.q[i].used_gpa(),
                                                       kUva + g.q[i].avail_gpa(), g.q[i].used_gpa()});
-    s.req(FrontendReq::SET_VRING_KICK, uint64_t{i}, false, fr::kAuxSignal);
+    s.req(FrontendReq::SET_VRING_KICK, uint64_t{i}, false, i < kick_aux.size() ? kick_aux[i] : fr::kAuxSignal);
   }
   for (unsigned i = 0; i < rings; ++i) s.req(FrontendReq::SET_VRING_ENABLE, vhu::VringState{i, 1}, true);
   for (uint32_t i = 0; i < rings; ++i) s.action(fr::kActionKick, i);
@@ -284,6 +285,17 @@ void message_seeds(const fs::path& dir) {
     std::memcpy(cfg.data(), &ch, sizeof ch);
     s.rec(FrontendReq::GET_CONFIG, cfg);
     write_file(dir / "seed-save-load-restart", s.out);
+  }
+  {  // fds of the wrong kind where eventfds belong: the back-end polls a ring it cannot watch, drops a hung-up one
+    Session s;
+    GuestRings g;
+    fill_rings(g, {{packet(vs::Op::REQUEST, 5000, 1234), {}}}, 2);
+    realize(s, kAllPf);
+    start(s, g, true, false, {fr::kAuxSignal, fr::kAuxRegularFile, fr::kAuxHungUp});
+    s.req(FrontendReq::SET_VRING_CALL, uint64_t{0}, false, fr::kAuxHungUp);
+    s.req(FrontendReq::SET_VRING_ERR, uint64_t{1}, false, fr::kAuxRegularFile);
+    s.req(FrontendReq::GET_VRING_BASE, vhu::VringState{1, 0});
+    write_file(dir / "seed-odd-eventfds", s.out);
   }
   {  // loads a migration source could send that this back-end must refuse, each answered by CHECK_DEVICE_STATE
     Session s;
@@ -376,6 +388,8 @@ void socket_seeds(const fs::path& dir) {
     s.action_bytes(kActionHost, text("HELLO\n"));
     s.action_bytes(kActionHost, text("CONNECT 12"), 1);
     s.action_bytes(kActionHost, std::vector<uint8_t>(80, '1'));
+    s.action_bytes(kActionHost, text("CONNECT 4294967296\n"));                      // ten digits, past 32 bits
+    s.action_bytes(kActionHost, text("CONNECT " + std::string(70, '0')));           // no newline within the limit
     s.action(fr::kActionKick, uint32_t{0});
     stop(s, false);
     write_file(dir / "seed-host-connect", s.out);
@@ -403,9 +417,9 @@ class Conversation {
     put16(static_cast<uint16_t>(payload.size()));
     out.insert(out.end(), payload.begin(), payload.end());
   }
-  void rx_post(uint8_t count, uint16_t size) {
+  void rx_post(uint8_t count, uint16_t size, bool split = false) {
     out.push_back(1);
-    out.push_back(static_cast<uint8_t>(count - 1));
+    out.push_back(static_cast<uint8_t>((count - 1) | (split ? 0x80 : 0)));
     put16(size);
   }
   void host_connect(uint32_t guest_port) {
@@ -456,7 +470,8 @@ void vsock_seeds(const fs::path& dir) {
   const std::vector<uint8_t> data(1000, 'x');
   {  // guest connects to a host listener, sends, host replies, credit, shutdown
     Conversation c;
-    c.rx_post(8, 4096);
+    c.rx_post(4, 4096, true);  // header and payload in two descriptors
+    c.rx_post(4, 4096);
     c.tx(packet(vs::Op::REQUEST, 5000, 1024));
     c.tx(packet(vs::Op::RW, 5000, 1024, 1000), data);
     c.host_write(0, data);
@@ -548,6 +563,20 @@ void vsock_seeds(const fs::path& dir) {
     c.select(0);
     c.tx(between(vs::Op::RST, 3, 8000, 9000));
     write_file(dir / "seed-siblings", c.out);
+  }
+  {  // the guest closes both ways while the host program has not read what it sent: flushed, then RST
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.tx(packet(vs::Op::REQUEST, 5100, 1024));
+    for (int i = 0; i < 4; ++i) c.tx(packet(vs::Op::RW, 5100, 1024, 1000), data);  // more than the 4 KiB socket takes
+    vs::Hdr bye = packet(vs::Op::SHUTDOWN, 5100, 1024);
+    bye.flags = vs::kShutdownRcv | vs::kShutdownSend;
+    c.tx(bye);
+    c.host_read(0, 4096);
+    c.simple(12);
+    c.host_read(0, 4096);
+    c.simple(12);
+    write_file(dir / "seed-close-while-flushing", c.out);
   }
 }
 

@@ -60,7 +60,7 @@ class Harness {
     m.hdr.flags = h.flags;
     m.set_payload_bytes(payload);
     const size_t nfds = vhu::fuzz::fd_count(h, m);
-    for (size_t i = 0; i < nfds; ++i) m.fds.push_back(fds_.make(m, i, (h.aux & fr::kAuxSignal) != 0));
+    for (size_t i = 0; i < nfds; ++i) m.fds.push_back(fds_.make(m, i, h.aux));
 
     const vhu::Message req{m.hdr, m.payload, {}};
     const size_t before = sink_.got.size();

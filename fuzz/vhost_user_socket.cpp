@@ -121,7 +121,7 @@ class Harness {
     m.hdr.flags = h.flags;
     m.set_payload_bytes(payload);
     const size_t nfds = vhu::fuzz::fd_count(h, m);
-    for (size_t i = 0; i < nfds; ++i) m.fds.push_back(fds_.make(m, i, (h.aux & fr::kAuxSignal) != 0));
+    for (size_t i = 0; i < nfds; ++i) m.fds.push_back(fds_.make(m, i, h.aux));
     (void)vhu::describe(vhu::Plane::Frontend, m);
     (void)vhu::check_fd_count(vhu::Plane::Frontend, m);  // the runner's own check of what it sends
     if (!chan_.send(m)) {

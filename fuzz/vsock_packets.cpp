@@ -83,6 +83,7 @@ constexpr uint8_t kFixHeader = 0x80;
 constexpr uint8_t kSplit = 0x40;      // TX: header and payload in two descriptors
 constexpr uint8_t kToSibling = 0x20;  // TX with kFixHeader: dst_cid is the other VM
 constexpr uint8_t kIndirect = 0x10;   // TX: the chain in an indirect table (Linux's choice when negotiated)
+constexpr uint8_t kRxSplit = 0x80;    // RX post count byte: header and payload buffers apart
 
 // The listeners outlive inputs: binding sockets per input would dominate.
 struct Listeners {
@@ -127,7 +128,7 @@ struct Flow {
 
 class Guest final : public vsockref::RingIo {
  public:
-  Guest() {
+  explicit Guest(bool event_idx) : event_idx_(event_idx) {
     fd_ = vhu::UniqueFd(::memfd_create("vhu-fuzz-vsock", MFD_CLOEXEC));
     VHU_FUZZ_CHECK(fd_.valid() && ::ftruncate(fd_.get(), kMemBytes) == 0);
     host_ = static_cast<uint8_t*>(::mmap(nullptr, kMemBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0));
@@ -135,9 +136,9 @@ class Guest final : public vsockref::RingIo {
     VHU_FUZZ_CHECK(mem_.add_region({kGpa, kMemBytes, 0x7f0000000000, 0}, vhu::UniqueFd(::dup(fd_.get()))).ok());
     for (unsigned q = 0; q < 3; ++q) {
       const uint64_t off = q * kRingArea;
-      VHU_FUZZ_CHECK(drv_[q].init(host_ + off, kGpa + off, kQueueSize, false).ok());
+      VHU_FUZZ_CHECK(drv_[q].init(host_ + off, kGpa + off, kQueueSize, event_idx).ok());
       VHU_FUZZ_CHECK(dev_[q].setup_gpa(mem_, kQueueSize, drv_[q].desc_gpa(), drv_[q].avail_gpa(), drv_[q].used_gpa(),
-                                    {.indirect = true})
+                                    {.indirect = true, .event_idx = event_idx})
                 .ok());
       for (uint32_t s = 0; s < kQueueSize; ++s) free_[q].push_back(s);
     }
@@ -196,10 +197,17 @@ class Guest final : public vsockref::RingIo {
       if (!bytes.empty()) std::memcpy(slot_ptr(q, s), bytes.data(), bytes.size());
       bufs.push_back({slot_gpa(q, s), len, writable});
     }
+    // A device that took every tx buffer and went idle must have asked to
+    // be kicked for the next one: with EVENT_IDX its avail_event, without it
+    // the used ring's NO_NOTIFY flag. Else this buffer waits for ever.
+    const auto pending = dev_[q].pending();
+    const bool idle = q == vhu::vsock::kTxQueue && ring_usable(q) && pending.ok() && *pending == 0;
+    const uint16_t old_idx = drv_[q].avail_idx();
     auto head = drv_[q].add(bufs, indirect);
     VHU_FUZZ_CHECK(head.ok());
     inflight_[q][*head] = slots;
     drv_[q].publish();
+    if (idle) VHU_FUZZ_CHECK(drv_[q].needs_kick(old_idx));  // a lost wake-up
     return *head;
   }
 
@@ -213,6 +221,8 @@ class Guest final : public vsockref::RingIo {
       for (uint32_t s : it->second) free_[q].push_back(s);
       inflight_[q].erase(it);
     }
+    // As Linux re-enables callbacks: interrupt me at the next used entry.
+    if (event_idx_) drv_[q].set_used_event(drv_[q].last_used());
   }
 
  private:
@@ -225,12 +235,13 @@ class Guest final : public vsockref::RingIo {
   std::vector<uint32_t> free_[3];
   std::map<uint16_t, std::vector<uint32_t>> inflight_[3];
   bool in_device_ = false, rerun_ = false;
+  bool event_idx_;
 };
 
 // One VM: its guest, its device, and what its guest knows of its flows.
 struct Side {
-  Side(vsockref::EventLoop& loop, vsockref::Router& router, uint64_t cid, uint64_t peer_cid)
-      : cid(cid), peer_cid(peer_cid), device(loop, guest, options(cid), &router), router(router) {
+  Side(vsockref::EventLoop& loop, vsockref::Router& router, uint64_t cid, uint64_t peer_cid, bool event_idx)
+      : cid(cid), peer_cid(peer_cid), guest(event_idx), device(loop, guest, options(cid), &router), router(router) {
     guest.device = &device;
     device.set_features(vhu::bit(vhu::feature::VSOCK_F_STREAM) | vhu::bit(vhu::feature::VSOCK_F_SEQPACKET));
     router.add(cid, {"fuzz"}, &device);
@@ -262,7 +273,9 @@ struct Side {
 
 class Harness {
  public:
-  Harness() { sides_[0] = std::make_unique<Side>(loop_, router_, kGuestCid, kSiblingCid); }
+  // VM 0 negotiated EVENT_IDX, as Linux does with any back-end that offers
+  // it; VM 1 did not, so both ways of suppressing notifications are fuzzed.
+  Harness() { sides_[0] = std::make_unique<Side>(loop_, router_, kGuestCid, kSiblingCid, true); }
   ~Harness() {
     sides_[1].reset();
     sides_[0].reset();
@@ -274,10 +287,16 @@ class Harness {
     switch (op & 0x0f) {
       case kTx: tx(s, op, in); break;
       case kRxPost: {
-        const int n = in.take<uint8_t>() % 16 + 1;
+        const auto count = in.take<uint8_t>();
+        const int n = count % 16 + 1;
         const uint32_t size = in.take<uint16_t>() % (kMaxPayload + vs::kHdrSize + 1);
+        // Bit 0x80: header and payload in two descriptors, as Linux posted rx
+        // buffers before 6.x; the device must find the payload past the first.
+        std::vector<std::pair<std::span<const uint8_t>, uint32_t>> parts{{{}, size}};
+        constexpr uint32_t kHdr = vs::kHdrSize;
+        if ((count & kRxSplit) && size > kHdr) parts = {{{}, kHdr}, {{}, size - kHdr}};
         for (int i = 0; i < n; ++i) {
-          const int head = s.guest.post(vs::kRxQueue, {{{}, size}}, true);
+          const int head = s.guest.post(vs::kRxQueue, parts, true);
           if (head < 0) break;
           s.rx_sizes[static_cast<uint16_t>(head)] = size;
         }
@@ -340,7 +359,7 @@ class Harness {
       }
       case kSelect:
         cur_ = in.take<uint8_t>() & 1;
-        if (!sides_[cur_]) sides_[cur_] = std::make_unique<Side>(loop_, router_, kSiblingCid, kGuestCid);
+        if (!sides_[cur_]) sides_[cur_] = std::make_unique<Side>(loop_, router_, kSiblingCid, kGuestCid, false);
         break;
       case kPoll:
       default: break;

@@ -41,7 +41,7 @@ size_t fd_count(const framing::RecordHeader& h, const Message& m) {
   return h.fds == 0 ? rule_count(m) : std::min<size_t>(h.fds - 1u, kMaxFds);
 }
 
-FdPlan plan_fd(const Message& m, size_t i) {
+FdPlan plan_fd(const Message& m, size_t i, uint8_t aux) {
   FdPlan p;
   switch (static_cast<FrontendReq>(m.hdr.request)) {
     case FrontendReq::SET_MEM_TABLE: {
@@ -76,6 +76,11 @@ FdPlan plan_fd(const Message& m, size_t i) {
     }
     default:
       break;
+  }
+  // A front-end can hand over any fd at all where the spec says eventfd.
+  if (p.kind == FdKind::Eventfd && (aux & (framing::kAuxHungUp | framing::kAuxRegularFile))) {
+    p.kind = (aux & framing::kAuxRegularFile) ? FdKind::RegularFile : FdKind::HungUpPipe;
+    p.kick_ring.reset();  // kActionKick writes to eventfds only
   }
   return p;
 }

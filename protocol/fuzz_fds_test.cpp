@@ -65,5 +65,19 @@ TEST(FuzzFds, KindFollowsThePayload) {
   EXPECT_FALSE(plan_fd(msg(FrontendReq::SET_VRING_CALL, bytes<uint64_t>(0)), 0).kick_ring.has_value());
 }
 
+TEST(FuzzFds, AuxBitsPutTheWrongKindWhereAnEventfdBelongs) {
+  const Message kick = msg(FrontendReq::SET_VRING_KICK, bytes<uint64_t>(1));
+  const FdPlan hung = plan_fd(kick, 0, framing::kAuxHungUp);
+  EXPECT_EQ(hung.kind, FdKind::HungUpPipe);
+  EXPECT_FALSE(hung.kick_ring.has_value());  // nothing for kActionKick to write to
+  EXPECT_EQ(plan_fd(kick, 0, framing::kAuxRegularFile | framing::kAuxHungUp).kind, FdKind::RegularFile);
+  EXPECT_EQ(plan_fd(kick, 0, framing::kAuxSignal).kind, FdKind::Eventfd);
+  // Memory and state fds keep their kind: the bits are about eventfds only.
+  EXPECT_EQ(plan_fd(msg(FrontendReq::ADD_MEM_REG, {}), 0, framing::kAuxRegularFile).kind, FdKind::Memfd);
+  DeviceStateParams load{kTransferLoad, 0};
+  EXPECT_EQ(plan_fd(msg(FrontendReq::SET_DEVICE_STATE_FD, bytes(load)), 0, framing::kAuxHungUp).kind,
+            FdKind::StatePipe);
+}
+
 }  // namespace
 }  // namespace vhu::fuzz

@@ -24,6 +24,8 @@ enum class FdKind : uint8_t {
   Memfd,      // a memory file of `memfd_bytes`
   Eventfd,    // kick, call, err, and anything whose kind the request does not say
   StatePipe,  // SET_DEVICE_STATE_FD: a pipe; the back-end gets the read end for a load
+  HungUpPipe,   // where an eventfd belongs, with kAuxHungUp: a pipe's read end, its writer closed
+  RegularFile,  // where an eventfd belongs, with kAuxRegularFile: an empty memory file
 };
 
 struct FdPlan {
@@ -36,7 +38,8 @@ struct FdPlan {
 // How many fds ride with the record's message: the request's FdRule for
 // h.fds == 0, else exactly h.fds - 1 (at most kMaxFds).
 size_t fd_count(const framing::RecordHeader& h, const Message& m);
-// What fd number `i` of message `m` is, made for what the payload asks, valid or not.
-FdPlan plan_fd(const Message& m, size_t i);
+// What fd number `i` of message `m` is, made for what the payload asks, valid
+// or not; `aux` is the record's (framing::kAux*).
+FdPlan plan_fd(const Message& m, size_t i, uint8_t aux = 0);
 
 }  // namespace vhu::fuzz

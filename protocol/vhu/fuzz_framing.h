@@ -8,7 +8,8 @@
 //   u32 flags     the vhost-user header flags, sent as given
 //   u16 size      payload bytes that follow; also the header's size field
 //   u8  fds       0: the fds the request's FdRule asks for; n > 0: exactly n - 1 (at most 8)
-//   u8  aux       kAuxSignal: eventfds are handed over already signalled (as QEMU does)
+//   u8  aux       kAuxSignal: eventfds are handed over already signalled (as QEMU does);
+//                 kAuxHungUp / kAuxRegularFile: where an eventfd belongs, an fd of the wrong kind
 // A record cut short by the end of the input is dropped.
 #pragma once
 
@@ -29,6 +30,10 @@ struct RecordHeader {
 static_assert(sizeof(RecordHeader) == 12);
 
 inline constexpr uint8_t kAuxSignal = 1;
+// The read end of a pipe whose write end is closed: epoll reports it hung up at once.
+inline constexpr uint8_t kAuxHungUp = 2;
+// A regular (memory) file: epoll refuses to watch it. Wins over kAuxHungUp.
+inline constexpr uint8_t kAuxRegularFile = 4;
 
 // Harness actions: things the front-end and guest do that are not messages.
 inline constexpr uint32_t kActionBase = 0xffff0000;
