@@ -29,6 +29,7 @@ std::string record_name(const Record& r) {
     case fr::kActionPoke: return "poke";
     case fr::kActionStatePipe: return "state-pipe";
     case fr::kActionDisconnect: return "disconnect";
+    case fr::kActionRaw: return "raw";
     default: return vhu::request_name(vhu::Plane::Frontend, r.hdr.request);
   }
 }
@@ -98,7 +99,7 @@ void mutate_payload(std::vector<uint8_t>& p, Rng& rng) {
 }
 
 uint32_t random_request(Rng& rng) {
-  if (one_in(rng, 8)) return fr::kActionBase + 1 + static_cast<uint32_t>(below(rng, 4));
+  if (one_in(rng, 8)) return fr::kActionBase + 1 + static_cast<uint32_t>(below(rng, 5));
   if (one_in(rng, 16)) return static_cast<uint32_t>(rng());  // unknown ids too
   const auto all = vhu::all_requests(vhu::Plane::Frontend);
   return all[below(rng, all.size())].id;
@@ -107,7 +108,7 @@ uint32_t random_request(Rng& rng) {
 void mutate_once(Input& in, const Input& other, Rng& rng) {
   if (in.empty()) in.push_back(Record{});
   Record& r = in[below(rng, in.size())];
-  switch (below(rng, 14)) {
+  switch (below(rng, 15)) {
     case 0:
     case 1:
     case 2:
@@ -164,6 +165,17 @@ void mutate_once(Input& in, const Input& other, Rng& rng) {
     case 12: {  // one record of the other, inserted anywhere
       if (other.empty()) break;
       in.insert(in.begin() + static_cast<ptrdiff_t>(below(rng, in.size() + 1)), other[below(rng, other.size())]);
+      break;
+    }
+    case 13: {  // a message cut short: its first bytes as they would go on the wire, and no more
+      if (r.hdr.request >= fr::kActionBase) break;
+      const vhu::Header h{r.hdr.request, r.hdr.flags, static_cast<uint32_t>(r.payload.size())};
+      std::vector<uint8_t> wire(sizeof h);
+      std::memcpy(wire.data(), &h, sizeof h);
+      wire.insert(wire.end(), r.payload.begin(), r.payload.end());
+      wire.resize(1 + below(rng, std::min(wire.size() - 1, fr::kMaxPayload)));
+      r.hdr.request = fr::kActionRaw;
+      r.payload = std::move(wire);
       break;
     }
     default: {  // a disconnect: the next records start a new session

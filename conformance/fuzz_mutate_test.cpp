@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "vhu/messages.h"
 
 namespace conform::fuzz {
@@ -59,6 +62,27 @@ TEST(FuzzMutate, MutantsStayWithinTheFraming) {
     // What is written reads back as the same records.
     ASSERT_EQ(serialize(parse(serialize(in))), serialize(in));
   }
+}
+
+// A message cut short goes out raw: a strict prefix of its own wire bytes
+// (header, then payload), so the back-end meets a close inside a message.
+TEST(FuzzMutate, SomeMutantsCutAMessageShort) {
+  const Input seed = parse(session());
+  const vhu::VringState body{0, 64};
+  std::vector<uint8_t> wire(sizeof(vhu::Header) + sizeof body);
+  const vhu::Header h{8, 1, sizeof body};
+  std::memcpy(wire.data(), &h, sizeof h);
+  std::memcpy(wire.data() + sizeof h, &body, sizeof body);
+  Rng rng(3);
+  bool cut = false;
+  for (int i = 0; i < 5000 && !cut; ++i) {
+    for (const auto& r : mutate(seed, seed, rng)) {
+      if (r.hdr.request != fr::kActionRaw || r.payload.size() < 9) continue;
+      // Long enough to tell apart from garbage: the start of SET_VRING_NUM's wire form.
+      if (r.payload.size() < wire.size() && std::equal(r.payload.begin(), r.payload.end(), wire.begin())) cut = true;
+    }
+  }
+  EXPECT_TRUE(cut);
 }
 
 }  // namespace

@@ -233,6 +233,7 @@ class Exec {
     // not only when the hang-up comes late.
     ending_ = true;
     settle();
+    linger();
     fe_.reset();
     state_write_.reset();
     state_read_.reset();
@@ -248,6 +249,9 @@ class Exec {
   bool open_session(int timeout_ms) {
     fe_.reset();
     neg_.acked_protocol.reset();
+    out_of_step_ = false;
+    ++sessions_;
+    replies_ = 0;
     auto c = b_.connect(timeout_ms);
     if (!c) {
       connect_error_ = c.message();
@@ -279,7 +283,9 @@ class Exec {
     m.set_payload_bytes(r.payload);
     const size_t n = vhu::fuzz::fd_count(r.hdr, m);
     for (size_t i = 0; i < n; ++i) m.fds.push_back(make_fd(m, i, r.hdr.aux));
-    const std::string must = neg_.must_answer(m);
+    // Once raw bytes cut a message short, where one message ends is the
+    // back-end's guess: nothing can be required of it but framing.
+    const std::string must = out_of_step_ ? std::string{} : neg_.must_answer(m);
     // A front-end asks for the verdict once it has written the whole state.
     if (m.hdr.request == static_cast<uint32_t>(FrontendReq::CHECK_DEVICE_STATE)) state_write_.reset();
     if (!fe_->try_send(m, fmt::format("record {}", idx))) {
@@ -304,7 +310,7 @@ class Exec {
   // trip settle it on any back-end whose loop gets the CPU in that pause,
   // so an input does the same thing on every run and a finding replays.
   void settle() {
-    if (!fe_ || v_.kind != Kind::None) return;
+    if (!fe_ || v_.kind != Kind::None || out_of_step_) return;
     sync();
     ::usleep(2000);
     if (fe_ && v_.kind == Kind::None) sync();
@@ -331,6 +337,17 @@ class Exec {
       if (ready < 0 && errno == EINTR) continue;
       if (ready == 0) {
         if (left > 0) continue;
+        // A connection made after a hang-up that got no reply at all may be
+        // one the back-end never took: then it does not serve, which is
+        // what to report, not the one request.
+        if (sessions_ > 1 && replies_ == 0) {
+          // One that serves a connection at a time takes the probe only
+          // once this one is gone.
+          fe_.reset();
+          if (std::string why = not_serving(); !why.empty())
+            return hang("after the front-end reconnected the back-end no longer serves: " + why);
+          if (v_.kind != Kind::None) return;
+        }
         v_.kind = Kind::Unanswered;
         v_.what = fmt::format(
             "{} ({}) got no reply within {} ms and the connection stayed open; it must be answered: {}.",
@@ -344,8 +361,27 @@ class Exec {
         reconnect();
         return;
       }
+      ++replies_;
       neg_.received(*r);
       if (r->is_reply() && r->hdr.request == m.hdr.request) return;
+    }
+  }
+
+  // Out of step there is no reply to wait for; before hanging up, read what
+  // comes until the back-end falls quiet, so the close lands where the input
+  // put it (inside a message, say) rather than on replies left unread, which
+  // the kernel turns into a reset.
+  void linger() {
+    if (!fe_ || !out_of_step_) return;
+    for (int quiet_ms = 20;;) {
+      pollfd p{fe_->fd(), POLLIN, 0};
+      const int ready = ::poll(&p, 1, quiet_ms);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) return;
+      auto r = fe_->try_recv(opt_.reply_ms);
+      if (!r) return;  // closed, or garbled: either way the session is over
+      ++replies_;
+      neg_.received(*r);
     }
   }
 
@@ -360,6 +396,7 @@ class Exec {
         reconnect();
         return;
       }
+      ++replies_;
       neg_.received(*r);
     }
   }
@@ -440,9 +477,23 @@ class Exec {
         if (r.hdr.flags & 1) state_write_.reset();
         break;
       case fr::kActionDisconnect:
+        linger();
         fe_.reset();
         reconnect();
         break;
+      case fr::kActionRaw: {
+        std::vector<UniqueFd> owned;
+        std::vector<int> fds;
+        for (size_t i = 0; r.hdr.fds && i < std::min<size_t>(r.hdr.fds - 1u, vhu::kMaxFds); ++i) {
+          owned.push_back(make_fd(Message{}, i, r.hdr.aux));
+          fds.push_back(owned.back().get());
+        }
+        log_.record_text(Dir::ToBackend, fmt::format("({} raw bytes, {} fds)", p.size(), fds.size()));
+        out_of_step_ = true;
+        if (!fe_->channel().send_raw(p, fds)) return reconnect();
+        drain();
+        break;
+      }
       default:
         break;
     }
@@ -473,13 +524,19 @@ class Exec {
 
   // Still alive and serving: a fresh connection answers GET_FEATURES.
   void health() {
-    if (b_.spawned() && !b_.alive()) return died();
+    if (std::string why = not_serving(); !why.empty()) hang("after the input the back-end no longer serves: " + why);
+  }
+
+  // Why a fresh connection goes unserved, or "" when it is served. A crash
+  // seen on the way becomes the verdict (and "" is returned).
+  std::string not_serving() {
+    if (b_.spawned() && !b_.alive()) return died(), std::string{};
     if (b_.spawned()) {
       if (const std::string san = sanitizer_line(b_.stderr_since(mark_)); !san.empty()) {
         v_.kind = Kind::Crash;
         v_.what = "the back-end printed a sanitizer report: " + san;
         v_.signature = "crash " + san;
-        return;
+        return {};
       }
     }
     MessageLog plog(4);
@@ -487,7 +544,7 @@ class Exec {
     std::string last;
     for (;;) {
       auto c = b_.connect(std::max(ms_left(end), 1));
-      if (b_.spawned() && !b_.alive()) return died();
+      if (b_.spawned() && !b_.alive()) return died(), std::string{};
       if (!c) {
         last = "a fresh connection was not accepted: " + c.message();
         break;
@@ -495,17 +552,21 @@ class Exec {
       Frontend probe(std::move(*c), plog, Clock::now() + std::chrono::hours(24));
       Outcome o = probe.try_request(Message::empty(static_cast<uint32_t>(FrontendReq::GET_FEATURES)),
                                     std::max(ms_left(end), 1));
-      if (o.kind == Outcome::Reply) return;
+      if (o.kind == Outcome::Reply) return {};
       probe.close();
-      if (b_.spawned() && !b_.alive()) return died();
+      if (b_.spawned() && !b_.alive()) return died(), std::string{};
       last = "a fresh connection's GET_FEATURES: " + o.text;
       if (ms_left(end) == 0) break;
       ::usleep(10000);
     }
+    return fmt::format("{} (probing for {} ms)", last, opt_.probe_ms);
+  }
+
+  void hang(const std::string& what) {
     v_.kind = Kind::Hang;
-    v_.what = fmt::format("after the input the back-end no longer serves: {} (probing for {} ms)", last, opt_.probe_ms);
+    v_.what = what;
     v_.signature = "hang";
-    log_.record_text(Dir::ToBackend, "(liveness probe) " + last);
+    log_.record_text(Dir::ToBackend, "(liveness probe) " + what);
   }
 
   const Options& opt_;
@@ -518,6 +579,9 @@ class Exec {
   UniqueFd state_write_, state_read_;
   uint64_t mark_ = 0;
   bool ending_ = false;  // the input is over: a close needs no new session
+  bool out_of_step_ = false;  // raw bytes went out this session: replies are not required
+  size_t sessions_ = 0;       // connections opened for this input
+  uint64_t replies_ = 0;      // replies read in the current one
   std::string connect_error_;
   Verdict v_;
 };

@@ -341,8 +341,8 @@ void message_seeds(const fs::path& dir) {
 
 // ---- vhost_user_socket: the message sessions, plus the stream and the host side ----
 
-constexpr uint32_t kActionRaw = fr::kActionBase + 5;   // vhost_user_socket.cpp
-constexpr uint32_t kActionHost = fr::kActionBase + 6;
+using fr::kActionRaw;
+constexpr uint32_t kActionHost = fr::kActionBase + 6;  // vhost_user_socket.cpp
 
 std::vector<uint8_t> text(std::string_view s) { return {s.begin(), s.end()}; }
 

@@ -10,12 +10,13 @@
 // reply is printed with vhu::describe() as the runner and a debug-level
 // back-end do, so the printers meet hostile payloads.
 //
-// Two actions of its own, beyond those of `vhost_user_messages`:
-//   0xffff0005 raw:  the payload bytes go onto the socket as they are, with
-//                    fds - 1 eventfds (a header cut short, a size over the
-//                    limit, a message split across writes); the stream may be
-//                    out of step from then on, so replies are only checked
-//                    for their framing until the session ends;
+// Two actions beyond those of `vhost_user_messages` (which has no socket to
+// put raw bytes on, and no host side):
+//   0xffff0005 raw:  (fuzz_framing.h) the payload bytes go onto the socket as
+//                    they are, with fds - 1 eventfds (a header cut short, a
+//                    size over the limit, a message split across writes); the
+//                    stream may be out of step from then on, so replies are
+//                    only checked for their framing until the session ends;
 //   0xffff0006 host: a host program connects to uds-path and writes the
 //                    payload ("CONNECT <port>\n" and stream bytes, or not);
 //                    flags bit 0 closes it again at once. The last 8 stay open.
@@ -51,7 +52,6 @@ namespace {
 namespace fr = vhu::fuzz::framing;
 using vhu::FrontendReq;
 
-constexpr uint32_t kActionRaw = fr::kActionBase + 5;
 constexpr uint32_t kActionHost = fr::kActionBase + 6;
 constexpr size_t kMaxHostPeers = 8;
 
@@ -184,7 +184,7 @@ class Harness {
         case fr::kActionDisconnect:
           hung_up();
           return;
-        case kActionRaw: {
+        case fr::kActionRaw: {
           std::vector<vhu::UniqueFd> owned;
           std::vector<int> fds;
           for (size_t i = 0; h.fds && i < std::min<size_t>(h.fds - 1u, vhu::kMaxFds); ++i) {

@@ -8,6 +8,9 @@
 #               number of runs of a fixed --seed; --replay reproduces it
 #   unanswered  --fault ignore_need_reply and --fault no_reply_unready_ring:
 #               a request left unanswered; --replay reproduces it
+#   hang        --fault hang_on_truncated_header: once a mutant cuts a
+#               message short and hangs up inside it, the back-end serves
+#               no new connection; --replay reproduces it
 #   reference   the reference back-end: a short run finds nothing, and every
 #               seed of the corpus replays without a finding
 set -uo pipefail
@@ -79,6 +82,10 @@ case $mode in
     # GET_VRING_BASE for a ring that is not ready.
     expect_finding no_reply_unready_ring unanswered --seed 1 --fuzz-runs 300 \
       --corpus "$corpus/vhost_user_messages/trace-qemu-7.2-vhost-user-vsock-boot"
+    ;;
+  hang)
+    expect_finding hang_on_truncated_header hang --seed 1 --fuzz-runs 300 \
+      --corpus "$corpus/vhost_user_messages/seed-start-datapath-stop"
     ;;
   reference)
     "$runner" --profile ref --fuzz --seed 1 --fuzz-runs 150 --fuzz-out "$work/findings" --no-progress \

@@ -46,6 +46,11 @@ inline constexpr uint32_t kActionPoke = kActionBase + 2;
 inline constexpr uint32_t kActionStatePipe = kActionBase + 3;
 // The front-end hangs up: Backend::disconnect(), then a new session begins.
 inline constexpr uint32_t kActionDisconnect = kActionBase + 4;
+// payload bytes: written onto the socket as they are, with fds - 1 eventfds
+// (a message cut short, split across writes, or garbage). The stream may be
+// out of step until the session ends. Targets that call the back-end's
+// handler directly, with no socket, skip it.
+inline constexpr uint32_t kActionRaw = kActionBase + 5;
 
 inline constexpr size_t kMaxPayload = 4096;  // vhu::ChannelLimits::max_payload
 
