@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 
 namespace vhu {
 namespace {
@@ -94,10 +95,32 @@ std::string describe_payload(Plane plane, PayloadKind kind, const Message& m) {
 
 }  // namespace
 
+namespace {
+// Ids are small and dense; a table indexed by id answers every message's
+// lookup (the fuzz targets make one per message) without a scan.
+constexpr uint32_t kIdSlots = 64;
+
+template <size_t N>
+constexpr std::array<int8_t, kIdSlots> index_by_id(const RequestInfo (&list)[N]) {
+  std::array<int8_t, kIdSlots> slot{};
+  slot.fill(-1);
+  for (size_t i = 0; i < N; ++i) {
+    // Evaluated at compile time: an id past the table or listed twice stops the build.
+    if (list[i].id >= kIdSlots || slot[list[i].id] != -1) throw "request id out of range or listed twice";
+    slot[list[i].id] = static_cast<int8_t>(i);
+  }
+  return slot;
+}
+constexpr auto kFrontendSlot = index_by_id(kFrontend);
+constexpr auto kBackendSlot = index_by_id(kBackend);
+static_assert(std::size(kFrontend) < 128 && std::size(kBackend) < 128);
+}  // namespace
+
 const RequestInfo* request_info(Plane plane, uint32_t id) {
-  for (const auto& r : all_requests(plane))
-    if (r.id == id) return &r;
-  return nullptr;
+  if (id >= kIdSlots) return nullptr;
+  const int8_t i = (plane == Plane::Frontend ? kFrontendSlot : kBackendSlot)[id];
+  if (i < 0) return nullptr;
+  return plane == Plane::Frontend ? &kFrontend[i] : &kBackend[i];
 }
 
 std::span<const RequestInfo> all_requests(Plane plane) {
