@@ -1,7 +1,9 @@
 #include "vsock_device.h"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -31,6 +33,7 @@ constexpr size_t kMaxHeldConnects = 64;
 constexpr size_t kMaxRelayBytes = 4u << 20;
 constexpr size_t kMaxRelayPackets = 4096;
 constexpr uint32_t kMaxPayload = 64u << 10;  // largest RW we put in one rx buffer
+constexpr size_t kMaxRxBatch = 64;           // rx buffers one recvmsg may fill
 constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message we take
 
 uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
@@ -499,6 +502,9 @@ void VsockDevice::process_rx() {
       continue;
     }
     io_.push(vs::kRxQueue, c->head, fill_rx(*c));
+    // Further buffers fill_data() filled from the same read, in stream order.
+    for (const RxFill& f : rx_batch_) io_.push(vs::kRxQueue, f.chain.head, f.written);
+    rx_batch_.clear();
   }
 }
 
@@ -618,6 +624,10 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     VLOG(Warn, "{}: rx buffer {} unusable for data", opts_.name, c.head);
     return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
   }
+  const uint64_t want = VSOCKREF_FAULT(exceed_credit) ? kMaxPayload
+                                                      : std::min<uint64_t>(kMaxPayload, conn.guest.available());
+  // Bytes the socket held when more buffers were gathered; 0 when not asked.
+  const uint64_t queued = *n == room && room < want ? gather_rx(conn, want - room, iov) : 0;
   msghdr mh{};
   mh.msg_iov = iov.data();
   mh.msg_iovlen = iov.size();
@@ -634,12 +644,25 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
         off -= v.iov_len;
       }
     }
-    // A short read means the socket is drained: wait for epoll again.
-    if (got < *n) conn.host_readable = false;
+    // A short read, or one that took all the socket held, means it is
+    // drained: wait for epoll again rather than read it once more for nothing.
+    uint64_t asked = *n;
+    for (const RxFill& f : rx_batch_) asked += f.room;
+    if (got < asked || (queued && got >= queued)) conn.host_readable = false;
     conn.guest.sent(got);
     update_interest(conn);
-    return write_packet(c, reply_hdr(conn, Op::RW, 0, got)) + got;
+    const auto first = static_cast<uint32_t>(std::min<uint64_t>(got, *n));
+    uint32_t rest = got - first;
+    for (RxFill& f : rx_batch_) {
+      const uint32_t len = std::min(rest, f.room);
+      rest -= len;
+      // A buffer the read did not reach goes back empty, as a too-small one does.
+      if (len) f.written = write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len;
+    }
+    return write_packet(c, reply_hdr(conn, Op::RW, 0, first)) + first;
   }
+  // The socket held bytes for them a moment ago; now they go back empty.
+  for (RxFill& f : rx_batch_) f.written = 0;
   if (r == 0) {
     // End of the host's stream. A half-close (SHUT_WR) keeps the other
     // direction open; a full close (HUP) ends both.
@@ -659,6 +682,36 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   const Hdr h = reply_hdr(conn, Op::RST);
   destroy(conn);
   return write_packet(c, h);
+}
+
+// Linux posts rx buffers of 4 KiB: filling as many as one read can, with one
+// recvmsg, saves a system call per buffer. A buffer taken from the ring cannot
+// be given back unused, so only as many are taken as the socket holds bytes
+// for (we are its only reader, so those bytes stay until we read them).
+uint64_t VsockDevice::gather_rx(Connection& conn, uint64_t more, std::vector<iovec>& iov) {
+  int queued = 0;
+  if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0 || queued <= 0) return 0;
+  // The first buffer's room is already in `iov`.
+  uint64_t first = 0;
+  for (const iovec& v : iov) first += v.iov_len;
+  if (static_cast<uint64_t>(queued) <= first) return static_cast<uint64_t>(queued);
+  more = std::min<uint64_t>(more, static_cast<uint64_t>(queued) - first);
+  while (more > 0 && rx_batch_.size() < kMaxRxBatch && io_.ring_usable(vs::kRxQueue)) {
+    auto c = io_.pop(vs::kRxQueue);
+    if (!c) break;
+    const size_t at = iov.size();
+    vhu::Result<uint64_t> n = uint64_t{0};
+    if (c->writable_bytes > vs::kHdrSize) n = chain_iovecs(io_.memory(), *c, true, vs::kHdrSize, more, iov);
+    if (!n || *n == 0 || iov.size() > IOV_MAX) {
+      // Returned empty and in order, as process_rx() does with an unusable buffer.
+      iov.resize(at);
+      rx_batch_.push_back(RxFill{std::move(*c), 0, 0});
+      break;
+    }
+    rx_batch_.push_back(RxFill{std::move(*c), static_cast<uint32_t>(*n), 0});
+    more -= *n;
+  }
+  return static_cast<uint64_t>(queued);
 }
 
 uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room) {

@@ -4,6 +4,8 @@
 // through the event loop; the vhost-user layer owns both.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -113,6 +115,10 @@ class VsockDevice {
   uint32_t fill_rx(const vhu::Chain& c);
   uint32_t fill_conn(Connection& conn, const vhu::Chain& c);
   uint32_t fill_data(Connection& conn, const vhu::Chain& c);
+  // More rx buffers for the read fill_data() is about to do, up to `more`
+  // bytes of room: their iovecs go to `iov`, the buffers to rx_batch_.
+  // Returns the bytes the host socket held (0 if unknown).
+  uint64_t gather_rx(Connection& conn, uint64_t more, std::vector<iovec>& iov);
   uint32_t fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room);
   void abort_conn(Connection& conn, const std::string& why);
   uint32_t write_packet(const vhu::Chain& c, const vhu::vsock::Hdr& h);
@@ -153,6 +159,14 @@ class VsockDevice {
   size_t relay_bytes_ = 0;
   std::vector<HeldConnect> held_;     // host connects waiting for activation
   std::vector<uint8_t> scratch_;
+  // rx buffers filled by the same read as the one process_rx() is filling;
+  // it pushes them right after that one, so the guest sees stream order.
+  struct RxFill {
+    vhu::Chain chain;
+    uint32_t room;     // payload bytes it can take
+    uint32_t written;  // what push() reports
+  };
+  std::vector<RxFill> rx_batch_;
 };
 
 }  // namespace vsockref
