@@ -181,6 +181,36 @@ TEST(Integration, GuestToHostAndHostToGuestStreamsAreByteExact) {
   EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 0);
 }
 
+// A guest may post rx buffers with room for a header only. Reading host data
+// into no bytes returns 0, which must not pass for the host's end of stream:
+// the guest gets credit in them, then the data once a real buffer comes.
+TEST(Integration, HeaderOnlyRxBuffersAreNoEndOfStream) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(2, vhu::vsock::kHdrSize);  // the RESPONSE takes one; each comes back as it was
+  g.start();
+  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  ASSERT_TRUE(host.valid());
+  const std::string hello = "hello";
+  ASSERT_TRUE(write_all(host.get(), reinterpret_cast<const uint8_t*>(hello.data()), hello.size()));
+  int credit_updates = 0;
+  std::optional<Packet> p;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 2) g.post_rx(1);
+    p = g.recv_pkt();
+    ASSERT_TRUE(p);
+    ASSERT_NE(p->hdr.op, op(Op::SHUTDOWN)) << "the host did not close; packet " << i;
+    if (p->hdr.op != op(Op::CREDIT_UPDATE)) break;
+    EXPECT_EQ(p->hdr.len, 0u);
+    ++credit_updates;
+  }
+  EXPECT_GE(credit_updates, 2);
+  EXPECT_EQ(p->hdr.op, op(Op::RW));
+  EXPECT_EQ(std::string(p->payload.begin(), p->payload.end()), hello);
+}
+
 TEST(Integration, HostConnectGetsOkWithTheHostPort) {
   Harness h;
   Guest& g = *h.guest;

@@ -236,14 +236,14 @@ void Guest::post_rx(int n, uint32_t size, bool split) {
                                 {p, size - static_cast<uint32_t>(vhu::vsock::kHdrSize), true}};
       auto head = rxq.add(b);
       check(head.ok(), "rx add");
-      rx_bufs_.push_back({*head, h});
-      rx_bufs_.push_back({*head, p});
+      rx_bufs_.push_back({*head, h, b[0].len});
+      rx_bufs_.push_back({*head, p, b[1].len});
     } else {
       const uint64_t g = ram.alloc(size, 64, i % 2);
       vhu::DriverBuffer b{g, size, true};
       auto head = rxq.add(std::span<const vhu::DriverBuffer>(&b, 1));
       check(head.ok(), "rx add");
-      rx_bufs_.push_back({*head, g});
+      rx_bufs_.push_back({*head, g, size});
     }
   }
   rxq.publish();
@@ -295,8 +295,12 @@ std::optional<Packet> Guest::recv_pkt(std::chrono::milliseconds timeout) {
   for (;;) {
     if (auto e = rxq.pop_used()) {
       std::vector<uint64_t> gpas;
-      for (auto& [head, g] : rx_bufs_)
-        if (head == e->id) gpas.push_back(g);
+      std::vector<vhu::DriverBuffer> bufs;  // to recycle the buffer exactly as it was
+      for (const RxPart& r : rx_bufs_) {
+        if (r.head != e->id) continue;
+        gpas.push_back(r.gpa);
+        bufs.push_back({r.gpa, r.len, true});
+      }
       check(!gpas.empty(), "used id is no rx buffer");
       std::vector<uint8_t> all(e->len);
       if (gpas.size() == 1) {
@@ -306,18 +310,10 @@ std::optional<Packet> Guest::recv_pkt(std::chrono::milliseconds timeout) {
         std::memcpy(all.data(), ram.host(gpas[0]), h);
         if (e->len > h) std::memcpy(all.data() + h, ram.host(gpas[1]), e->len - h);
       }
-      // Recycle the buffer(s) exactly as they were.
-      std::vector<vhu::DriverBuffer> bufs;
-      if (gpas.size() == 1) {
-        bufs.push_back({gpas[0], kRxBuf, true});
-      } else {
-        bufs.push_back({gpas[0], static_cast<uint32_t>(vhu::vsock::kHdrSize), true});
-        bufs.push_back({gpas[1], kRxBuf - static_cast<uint32_t>(vhu::vsock::kHdrSize), true});
-      }
-      std::erase_if(rx_bufs_, [&](const auto& p) { return p.first == e->id; });
+      std::erase_if(rx_bufs_, [&](const RxPart& r) { return r.head == e->id; });
       auto head = rxq.add(bufs);
       check(head.ok(), "rx re-add");
-      for (uint64_t g : gpas) rx_bufs_.push_back({*head, g});
+      for (const auto& b : bufs) rx_bufs_.push_back({*head, b.gpa, b.len});
       rxq.publish();
       kick(0);
       auto h = vhu::vsock::decode(all);

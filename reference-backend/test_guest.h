@@ -97,7 +97,12 @@ class Guest {
 
  private:
   void setup_ring(unsigned q, vhu::DriverQueue& dq, uint16_t base);
-  std::vector<std::pair<uint16_t, uint64_t>> rx_bufs_;  // head -> gpa
+  struct RxPart {
+    uint16_t head;
+    uint64_t gpa;
+    uint32_t len;
+  };
+  std::vector<RxPart> rx_bufs_;  // each posted rx buffer's descriptors, in chain order
   std::vector<uint64_t> tx_free_;
 };
 

@@ -628,6 +628,14 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
                                                       : std::min<uint64_t>(kMaxPayload, conn.guest.available());
   // Bytes the socket held when more buffers were gathered; 0 when not asked.
   const uint64_t queued = *n == room && room < want ? gather_rx(conn, want - room, iov) : 0;
+  uint64_t asked = *n;
+  for (const RxFill& f : rx_batch_) asked += f.room;
+  if (asked == 0) {
+    // Buffers with room for a header only: a read into no bytes returns 0,
+    // which would pass for the host's end of stream. Credit, not data.
+    for (RxFill& f : rx_batch_) f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
+    return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+  }
   msghdr mh{};
   mh.msg_iov = iov.data();
   mh.msg_iovlen = iov.size();
@@ -646,8 +654,6 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     }
     // A short read, or one that took all the socket held, means it is
     // drained: wait for epoll again rather than read it once more for nothing.
-    uint64_t asked = *n;
-    for (const RxFill& f : rx_batch_) asked += f.room;
     if (got < asked || (queued && got >= queued)) conn.host_readable = false;
     conn.guest.sent(got);
     update_interest(conn);
@@ -656,12 +662,16 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     for (RxFill& f : rx_batch_) {
       const uint32_t len = std::min(rest, f.room);
       rest -= len;
-      // A buffer the read did not reach goes back empty, as a too-small one does.
-      if (len) f.written = write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len;
+      // A buffer the read did not reach (or with no room for data) still
+      // carries a packet: the guest gets a header in every buffer it gave.
+      f.written = len ? write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len
+                      : write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
     }
+    if (first == 0) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));  // a header-only buffer
     return write_packet(c, reply_hdr(conn, Op::RW, 0, first)) + first;
   }
-  // The socket held bytes for them a moment ago; now they go back empty.
+  // The socket held bytes for them a moment ago (we are its only reader, so
+  // this does not happen); should it, they go back empty.
   for (RxFill& f : rx_batch_) f.written = 0;
   if (r == 0) {
     // End of the host's stream. A half-close (SHUT_WR) keeps the other
