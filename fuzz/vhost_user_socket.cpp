@@ -242,8 +242,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static bool initialised = (LLVMFuzzerInitialize(nullptr, nullptr), true);
-  (void)initialised;
   vhu::fuzz::run_records<Harness>(data, size);
   return 0;
 }

@@ -539,8 +539,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static bool initialised = (LLVMFuzzerInitialize(nullptr, nullptr), true);
-  (void)initialised;
   {
     Harness h;
     vhu::fuzz::Input in(data, size);
