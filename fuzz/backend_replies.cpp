@@ -219,7 +219,7 @@ class Harness {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  vhu::fuzz::eventfds().new_input();
+  vhu::fuzz::new_input();
   const vhu::fuzz::FdLeakCheck leaks;
   {
     Harness h;
