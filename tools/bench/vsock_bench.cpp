@@ -219,6 +219,9 @@ struct Options {
   uint32_t rx_buf = 4096 + vs::kHdrSize;
   uint32_t buf_alloc = 256 * 1024;  // Linux's default vsock buffer size
   uint64_t cid = 3;
+  // How long an idle guest watches its used rings before it sleeps, as a KVM
+  // vCPU polls before it halts (halt_poll_ns). 0: it sleeps at once.
+  unsigned guest_poll_us = 0;
 };
 
 // One stream connection as the guest sees it.
@@ -557,6 +560,13 @@ class Guest {
     }
     if (rxq_.device_used_idx() != rxq_.last_used()) return;
     if (tx && txq_.device_used_idx() != txq_.last_used()) return;
+    if (o_.guest_poll_us > 0) {
+      const auto until = Clock::now() + std::chrono::microseconds(o_.guest_poll_us);
+      while (Clock::now() < until) {
+        if (rxq_.device_used_idx() != rxq_.last_used()) return;
+        if (tx && txq_.device_used_idx() != txq_.last_used()) return;
+      }
+    }
     pollfd p[2] = {{call_[0].get(), POLLIN, 0}, {call_[1].get(), POLLIN, 0}};
     if (::poll(p, tx ? 2 : 1, 200) < 0 && errno != EINTR) die("poll failed");
     uint64_t v;
@@ -622,6 +632,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(static_cast<uint32_t>(vs::kHdrSize + 1), 1u << 20));
   app.add_option("--buf-alloc", o.buf_alloc, "the guest's receive buffer (buf_alloc)")->check(CLI::Range(4096, 1 << 30));
   app.add_option("--cid", o.cid, "guest CID")->check(CLI::Range(3, 0x7fffffff));
+  app.add_option("--guest-poll-us", o.guest_poll_us,
+                 "microseconds an idle guest polls its used rings before it sleeps on the call fds, as a KVM vCPU "
+                 "polls before halting (halt_poll_ns); 0, the default, sleeps at once")
+      ->check(CLI::Range(0, 1000000));
   CLI11_PARSE(app, argc, argv);
   ::signal(SIGPIPE, SIG_IGN);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, on_signal);
@@ -632,8 +646,8 @@ int main(int argc, char** argv) {
   guest.start();
 
   std::printf("back-end: %s\n", o.spawn.c_str());
-  std::printf("%llu MiB per figure, best of %u; guest: queue size %u, rx buffers %u bytes, buf_alloc %u\n",
-              static_cast<unsigned long long>(o.mib), o.runs, o.queue_size, o.rx_buf, o.buf_alloc);
+  std::printf("%llu MiB per figure, best of %u; guest: queue size %u, rx buffers %u bytes, buf_alloc %u, polls %u us\n",
+              static_cast<unsigned long long>(o.mib), o.runs, o.queue_size, o.rx_buf, o.buf_alloc, o.guest_poll_us);
   std::printf("%-10s %12s %16s %7s %16s %7s\n", "write", "bound MiB/s", "host->guest", "ratio", "guest->host", "ratio");
   for (size_t s : o.sizes) {
     double bound = 0, h2g = 0, g2h = 0;
