@@ -89,10 +89,11 @@ struct MemfdKind {
     VHU_FUZZ_CHECK(fd.valid());
     return fd;
   }
-  // Nobody reads or writes through the file offset (the back-end maps the
-  // file, the harness pokes with pwrite), so the size is all there is to reset.
   // A file with no page in it reads as zeros already, and most are never
-  // written (a stat is cheaper than truncating).
+  // written (a stat is cheaper than truncating). Only a write moves the file
+  // offset that all dups share (the back-end signalling a file it was given
+  // for a call fd), and a write leaves a page behind, so the offset is reset
+  // with the contents.
   static void reset(int fd, uint64_t bytes) {
     struct stat st {};
     VHU_FUZZ_CHECK(::fstat(fd, &st) == 0);
@@ -100,6 +101,7 @@ struct MemfdKind {
       if (static_cast<uint64_t>(st.st_size) != bytes) VHU_FUZZ_CHECK(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
       return;
     }
+    VHU_FUZZ_CHECK(::lseek(fd, 0, SEEK_SET) == 0);
     VHU_FUZZ_CHECK(::ftruncate(fd, 0) == 0);
     VHU_FUZZ_CHECK(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
   }

@@ -35,6 +35,18 @@ TEST(FdPool, MemoryFileIsZeroedAndSizedForEachInput) {
   EXPECT_EQ(std::string(back, 4), std::string(4, '\0'));
 }
 
+TEST(FdPool, FileWrittenThroughItsOffsetStartsAtZeroAgain) {
+  new_input();
+  {
+    UniqueFd fd = memfds().take(uint64_t{0});
+    const uint64_t one = 1;  // what a back-end writes to a call fd
+    ASSERT_EQ(::write(fd.get(), &one, sizeof one), 8);
+  }
+  new_input();
+  UniqueFd fd = memfds().take(uint64_t{0});
+  EXPECT_EQ(::lseek(fd.get(), 0, SEEK_CUR), 0);
+}
+
 TEST(FdPool, EventfdCountIsWhatTheInputAsksFor) {
   new_input();
   {
