@@ -484,7 +484,7 @@ class Exec {
       case fr::kActionRaw: {
         std::vector<UniqueFd> owned;
         std::vector<int> fds;
-        for (size_t i = 0; r.hdr.fds && i < std::min<size_t>(r.hdr.fds - 1u, vhu::kMaxFds); ++i) {
+        for (size_t i = 0, n = vhu::fuzz::named_fd_count(r.hdr); i < n; ++i) {
           owned.push_back(make_fd(Message{}, i, r.hdr.aux));
           fds.push_back(owned.back().get());
         }

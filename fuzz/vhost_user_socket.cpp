@@ -187,7 +187,7 @@ class Harness {
         case fr::kActionRaw: {
           std::vector<vhu::UniqueFd> owned;
           std::vector<int> fds;
-          for (size_t i = 0; h.fds && i < std::min<size_t>(h.fds - 1u, vhu::kMaxFds); ++i) {
+          for (size_t i = 0, n = vhu::fuzz::named_fd_count(h); i < n; ++i) {
             owned.push_back(vhu::fuzz::eventfds().take(false));
             fds.push_back(owned.back().get());
           }

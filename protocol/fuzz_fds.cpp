@@ -37,8 +37,10 @@ size_t rule_count(const Message& m) {
 
 }  // namespace
 
+size_t named_fd_count(const framing::RecordHeader& h) { return h.fds == 0 ? 0 : std::min<size_t>(h.fds - 1u, kMaxFds); }
+
 size_t fd_count(const framing::RecordHeader& h, const Message& m) {
-  return h.fds == 0 ? rule_count(m) : std::min<size_t>(h.fds - 1u, kMaxFds);
+  return h.fds == 0 ? rule_count(m) : named_fd_count(h);
 }
 
 FdPlan plan_fd(const Message& m, size_t i, uint8_t aux) {

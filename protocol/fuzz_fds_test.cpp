@@ -39,6 +39,14 @@ TEST(FuzzFds, CountFollowsTheRuleOrTheRecord) {
   EXPECT_EQ(fd_count(hdr(200), msg(FrontendReq::GET_FEATURES, {})), kMaxFds);
 }
 
+// A raw record has no request to take a rule from: only what it names.
+TEST(FuzzFds, RawRecordsGetOnlyTheFdsTheyName) {
+  EXPECT_EQ(named_fd_count(hdr(0)), 0u);
+  EXPECT_EQ(named_fd_count(hdr(1)), 0u);
+  EXPECT_EQ(named_fd_count(hdr(4)), 3u);
+  EXPECT_EQ(named_fd_count(hdr(200)), kMaxFds);
+}
+
 TEST(FuzzFds, KindFollowsThePayload) {
   MemoryTable t{};
   t.nregions = 2;

@@ -35,8 +35,11 @@ struct FdPlan {
   std::optional<uint8_t> kick_ring;  // SET_VRING_KICK for a ring below 4: what kActionKick writes to
 };
 
+// The fds a record names itself: h.fds - 1 (at most kMaxFds), none for
+// h.fds == 0. A raw record, with no request to take a rule from, gets these.
+size_t named_fd_count(const framing::RecordHeader& h);
 // How many fds ride with the record's message: the request's FdRule for
-// h.fds == 0, else exactly h.fds - 1 (at most kMaxFds).
+// h.fds == 0, else named_fd_count(h).
 size_t fd_count(const framing::RecordHeader& h, const Message& m);
 // What fd number `i` of message `m` is, made for what the payload asks, valid
 // or not; `aux` is the record's (framing::kAux*).
