@@ -558,15 +558,13 @@ class Guest {
       rxq_.set_used_event(rxq_.last_used());
       if (tx) txq_.set_used_event(txq_.last_used());
     }
-    if (rxq_.device_used_idx() != rxq_.last_used()) return;
-    if (tx && txq_.device_used_idx() != txq_.last_used()) return;
-    if (o_.guest_poll_us > 0) {
-      const auto until = Clock::now() + std::chrono::microseconds(o_.guest_poll_us);
-      while (Clock::now() < until) {
-        if (rxq_.device_used_idx() != rxq_.last_used()) return;
-        if (tx && txq_.device_used_idx() != txq_.last_used()) return;
-      }
-    }
+    const auto used = [&] {
+      return rxq_.device_used_idx() != rxq_.last_used() || (tx && txq_.device_used_idx() != txq_.last_used());
+    };
+    const auto until = Clock::now() + std::chrono::microseconds(o_.guest_poll_us);
+    do {
+      if (used()) return;
+    } while (Clock::now() < until);
     pollfd p[2] = {{call_[0].get(), POLLIN, 0}, {call_[1].get(), POLLIN, 0}};
     if (::poll(p, tx ? 2 : 1, 200) < 0 && errno != EINTR) die("poll failed");
     uint64_t v;
