@@ -372,30 +372,25 @@ class Exec {
   // put it (inside a message, say) rather than on replies left unread, which
   // the kernel turns into a reset.
   void linger() {
-    if (!fe_ || !out_of_step_) return;
-    for (int quiet_ms = 20;;) {
-      pollfd p{fe_->fd(), POLLIN, 0};
-      const int ready = ::poll(&p, 1, quiet_ms);
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0) return;
-      auto r = fe_->try_recv(opt_.reply_ms);
-      if (!r) return;  // closed, or garbled: either way the session is over
-      ++replies_;
-      neg_.received(*r);
-    }
+    if (fe_ && out_of_step_) (void)read_unasked(20);
   }
 
   // Replies nobody waits for (an ack the back-end sends unasked, say) are
   // read as they come, so the socket never fills and a close is noticed.
   void drain() {
+    if (!read_unasked(0)) reconnect();
+  }
+
+  // Reads replies until none comes within quiet_ms; false once the
+  // connection is closed or garbled.
+  bool read_unasked(int quiet_ms) {
     for (;;) {
       pollfd p{fe_->fd(), POLLIN, 0};
-      if (::poll(&p, 1, 0) <= 0) return;
+      const int ready = ::poll(&p, 1, quiet_ms);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) return true;
       auto r = fe_->try_recv(opt_.reply_ms);
-      if (!r) {
-        reconnect();
-        return;
-      }
+      if (!r) return false;
       ++replies_;
       neg_.received(*r);
     }
