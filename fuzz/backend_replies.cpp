@@ -42,6 +42,7 @@
 #include "msglog.h"
 #include "vhu/channel.h"
 #include "vhu/messages.h"
+#include "vhu/scm_rights.h"
 #include "vhu/vsock.h"
 
 namespace {
@@ -54,25 +55,10 @@ constexpr int kMaxRecords = 64;
 
 // Reads and discards what the runner sent, closing the fds that came with it.
 void drain(int fd) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
   uint8_t buf[4096];
   for (;;) {
-    iovec iov{buf, sizeof buf};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    if (::recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) return;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < n; ++i) {
-        int received;
-        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        ::close(received);
-      }
-    }
+    std::vector<vhu::UniqueFd> fds;
+    if (vhu::recv_with_fds(fd, buf, fds, MSG_DONTWAIT) <= 0) return;
   }
 }
 
@@ -153,21 +139,7 @@ class Harness {
       raw.push_back(fds.back().get());
     }
     // A full socket is the back-end's problem, not the runner's: it drops the rest.
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsWritten)] = {};
-    iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    if (!raw.empty()) {
-      mh.msg_control = control;
-      mh.msg_controllen = CMSG_SPACE(sizeof(int) * raw.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * raw.size());
-      std::memcpy(CMSG_DATA(c), raw.data(), sizeof(int) * raw.size());
-    }
-    (void)!::sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)!vhu::send_with_fds(fd, bytes, raw, MSG_DONTWAIT | MSG_NOSIGNAL);
   }
 
   // A verdict is the runner's normal way out; it must be one a back-end

@@ -15,13 +15,10 @@
 #include <optional>
 #include <vector>
 
+#include "vhu/scm_rights.h"
+
 namespace vhu {
 namespace {
-
-// The kernel refuses more than SCM_MAX_FD (253) fds in one SCM_RIGHTS message.
-// Room for all of them means a surplus is received, counted and closed rather
-// than silently dropped through MSG_CTRUNC, so the error can say how many came.
-constexpr size_t kScmMaxFd = 253;
 
 using Clock = std::chrono::steady_clock;
 
@@ -58,27 +55,9 @@ struct Chunk {
 // One recvmsg into buf; any SCM_RIGHTS fds go straight into UniqueFds so no
 // later failure can leak them. Returns -errno on failure.
 ssize_t recv_chunk(int sock, uint8_t* buf, size_t len, std::vector<UniqueFd>& fds, Chunk& out) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kScmMaxFd)];
-  iovec iov{buf, len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof(control);
-  const ssize_t n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  const ssize_t n = recv_with_fds(sock, std::span<uint8_t>(buf, len), fds, MSG_DONTWAIT, &out.ctrunc);
   if (n < 0) return -errno;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    const uint8_t* data = CMSG_DATA(c);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, data + i * sizeof(int), sizeof(int));
-      fds.emplace_back(fd);
-    }
-  }
   out.bytes = static_cast<size_t>(n);
-  out.ctrunc = out.ctrunc || (mh.msg_flags & MSG_CTRUNC) != 0;
   return n;
 }
 
@@ -90,25 +69,10 @@ Result<void> send_all(int sock, std::span<const uint8_t> bytes, std::span<const 
     return Err(fmt::format("{}: {} fd(s) need at least one byte to travel with", what, fds.size()));
   if (fds.size() > kScmMaxFd)
     return Err(fmt::format("{}: {} fd(s), the kernel takes at most {}", what, fds.size(), kScmMaxFd));
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kScmMaxFd)];
   size_t sent = 0;
   bool fds_sent = fds.empty();
   while (sent < bytes.size()) {
-    iovec iov{const_cast<uint8_t*>(bytes.data() + sent), bytes.size() - sent};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    if (!fds_sent) {
-      std::memset(control, 0, sizeof(control));
-      mh.msg_control = control;
-      mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
-    const ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
+    const ssize_t n = send_with_fds(sock, bytes.subspan(sent), fds_sent ? std::span<const int>{} : fds, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {

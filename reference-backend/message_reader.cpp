@@ -7,11 +7,9 @@
 #include <cstring>
 
 #include "faults.h"
+#include "vhu/scm_rights.h"
 
 namespace vsockref {
-namespace {
-constexpr size_t kScmMaxFd = 253;
-}
 
 vhu::Result<std::optional<vhu::Message>> MessageReader::read(int fd) {
   for (;;) {
@@ -25,27 +23,8 @@ vhu::Result<std::optional<vhu::Message>> MessageReader::read(int fd) {
       want = msg_.payload.size() - payload_got_;
     }
     if (want == 0) break;
-    iovec iov{dst, want};
-    alignas(cmsghdr) uint8_t control[CMSG_SPACE(sizeof(int) * kScmMaxFd)];
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    const ssize_t n = ::recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    // A failed recvmsg leaves msg_controllen untouched: the buffer then holds
-    // stale bytes, never fds.
-    if (n < 0) mh.msg_controllen = 0;
-    // Fds first: whatever else happens they are owned, so never leaked.
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int f;
-        std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-        msg_.fds.emplace_back(f);
-      }
-    }
+    // The fds that come are owned from here on: no error below leaks them.
+    const ssize_t n = vhu::recv_with_fds(fd, std::span<uint8_t>(dst, want), msg_.fds, MSG_DONTWAIT);
     if (n > 0) {
       if (hdr_got_ < sizeof hdr_) {
         hdr_got_ += static_cast<size_t>(n);
