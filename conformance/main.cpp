@@ -64,7 +64,7 @@ int real_main(int argc, char** argv) {
   app.add_option("--timeout-ms", timeout_ms, "per-case time limit (overrides each case's own)")->check(CLI::Range(100, 3600000));
   app.add_option("--record-corpus", record_corpus,
                  "write each case's front-end requests to DIR/vhost_user_messages/case-<id>, in the framing of the "
-                 "vhost_user_messages fuzz target (fuzz/README.md)");
+                 "vhost_user_messages fuzz target (fuzz/README.md); a case's second VM goes to case-<id>-vm2");
   bool fuzz = false;
   std::vector<std::string> replay;
   fuzz::Options fo;

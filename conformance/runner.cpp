@@ -118,8 +118,12 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
     if (ctx.has_sibling())
       r.message_log += fmt::format("--- second VM (CID {}, {}) ---\n{}", ctx.sibling().cid(),
                                    ctx.sibling().backend().placeholders().socket, ctx.sibling().log().render());
-    if (!cfg.record_corpus_dir.empty() && !ctx.corpus().empty()) {
-      if (auto w = ctx.corpus().write(cfg.record_corpus_dir, c.id); !w) ctx.note(w.message());
+    if (!cfg.record_corpus_dir.empty()) {
+      if (!ctx.corpus().empty())
+        if (auto w = ctx.corpus().write(cfg.record_corpus_dir, c.id); !w) ctx.note(w.message());
+      // The second VM's connection is an input of its own: the target fuzzes one front-end.
+      if (ctx.has_sibling() && !ctx.sibling().corpus().empty())
+        if (auto w = ctx.sibling().corpus().write(cfg.record_corpus_dir, c.id + "-vm2"); !w) ctx.note(w.message());
     }
     r.negotiated = ctx.negotiated();
     for (const auto& n : ctx.notes()) detail += (detail.empty() ? "" : "\n") + n;
