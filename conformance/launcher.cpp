@@ -88,6 +88,13 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
     if (!l) return Err("listening for the back-end on " + b->ph_.socket + ": " + l.message());
     b->own_listener_ = std::move(*l);
     b->listen_fd_ = b->own_listener_.get();
+    // Only a command that names {socket2} serves a second VM; it must find a
+    // listener there before it starts.
+    if (spec.command.find("{socket2}") != std::string::npos) {
+      auto l2 = vhu::listen_unix(b->ph_.socket2);
+      if (!l2) return Err("listening for the back-end on " + b->ph_.socket2 + ": " + l2.message());
+      b->own_listener2_ = std::move(*l2);
+    }
   }
 
   int p[2];
@@ -127,9 +134,11 @@ vhu::Result<std::unique_ptr<Backend>> Backend::second_vm() {
   if (owner_) return Err("the second VM has no second VM of its own");
   if (pid_ <= 0 || ph_.socket2.empty())
     return Err("only a back-end the runner spawns has a second VM ({socket2} {uds2} {cid2})");
+  if (spec_.backend_connects && !own_listener2_.valid())
+    return Err("the back-end connects to its sockets, but its command has no {socket2} for the second VM");
   std::unique_ptr<Backend> b(new Backend());
   b->spec_ = spec_;
-  b->spec_.backend_connects = false;
+  b->listen_fd_ = own_listener2_.valid() ? own_listener2_.get() : -1;  // owned by this one, which outlives the view
   b->owner_ = this;
   b->ph_ = ph_;
   b->ph_.socket = ph_.socket2;

@@ -118,7 +118,8 @@ class Backend {
   uint64_t err_total_ = 0;
   std::atomic<bool> err_closed_{false};
   int listen_fd_ = -1;          // Listen mode: shared listener, not owned
-  vhu::UniqueFd own_listener_;  // Spawn + backend_connects
+  vhu::UniqueFd own_listener_;   // Spawn + backend_connects
+  vhu::UniqueFd own_listener2_;  // the same for {socket2}, the second VM's
   bool remove_dir_ = false;
   Backend* owner_ = nullptr;  // second_vm(): the process belongs to this one
 };

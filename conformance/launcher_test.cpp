@@ -5,6 +5,7 @@
 #include "case.h"
 #include "profiles.h"
 #include "runner.h"
+#include "vhu/channel.h"
 
 namespace conform {
 namespace {
@@ -81,6 +82,41 @@ TEST(Backend, SecondVmOfASpawnedBackend) {
   EXPECT_TRUE((*b)->alive());
   (*b)->terminate(1000);
   EXPECT_FALSE((*v)->alive());
+}
+
+// A back-end that connects to its sockets finds the runner listening on
+// both, and each VM's connection is accepted on its own socket.
+TEST(Backend, SecondVmOfABackendThatConnects) {
+  TargetSpec t;
+  t.mode = TargetMode::Spawn;
+  t.command = "sleep 30 # {socket} {socket2}";
+  t.backend_connects = true;
+  auto b = Backend::launch(t, 5);
+  ASSERT_TRUE(b) << b.message();
+  auto v = (*b)->second_vm();
+  ASSERT_TRUE(v) << v.message();
+  auto second = vhu::connect_unix((*b)->placeholders().socket2);
+  ASSERT_TRUE(second) << second.message();
+  EXPECT_FALSE((*b)->connect(50)) << "the first VM accepted the second VM's connection";
+  auto accepted = (*v)->connect(1000);
+  ASSERT_TRUE(accepted) << accepted.message();
+  auto first = vhu::connect_unix((*b)->placeholders().socket);
+  ASSERT_TRUE(first) << first.message();
+  EXPECT_TRUE((*b)->connect(1000));
+  (*b)->terminate(1000);
+}
+
+TEST(Backend, NoSecondVmForAConnectingCommandWithoutSocket2) {
+  TargetSpec t;
+  t.mode = TargetMode::Spawn;
+  t.command = "sleep 30 # {socket}";
+  t.backend_connects = true;
+  auto b = Backend::launch(t, 5);
+  ASSERT_TRUE(b) << b.message();
+  auto v = (*b)->second_vm();
+  ASSERT_FALSE(v);
+  EXPECT_NE(v.message().find("{socket2}"), std::string::npos) << v.message();
+  (*b)->terminate(1000);
 }
 
 TEST(Backend, NoSecondVmWithoutSpawn) {

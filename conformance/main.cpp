@@ -49,10 +49,12 @@ int real_main(int argc, char** argv) {
   g->require_option(0, 1);
   app.add_option("--spawn-siblings", spawn_siblings,
                  "for the cases that need two VMs in one sibling group (vsock.sibling_*, "
-                 "transport_reset.sibling_*): start CMD per case, one back-end listening on {socket} and {socket2} "
+                 "transport_reset.sibling_*): start CMD per case, one back-end serving {socket} and {socket2} "
                  "for VMs {cid} and {cid2} with host sides {uds} and {uds2}; without it (or a profile that has one, "
                  "as ref does) those cases are skipped");
-  app.add_flag("--backend-connects", backend_connects, "with --spawn: the back-end connects to {socket}");
+  app.add_flag("--backend-connects", backend_connects,
+               "with --spawn and --spawn-siblings: the back-end connects to {socket} (and {socket2}), where the runner "
+               "listens");
   app.add_option("--device", device, "device type the cases may drive (vsock, fs, blk, net, gpu)");
   app.add_option("--uds", uds, "with --connect/--listen: the back-end's hybrid-vsock socket path");
   app.add_option("--cid", cid, "with --connect/--listen: the back-end's guest CID");
@@ -169,10 +171,16 @@ int real_main(int argc, char** argv) {
     std::cerr << "vhost-user-conform: name the back-end: --connect, --spawn, --listen or --profile (see --help)\n";
     return kUsage;
   }
+  if (backend_connects && spawn.empty() && spawn_siblings.empty()) {
+    std::cerr << "vhost-user-conform: --backend-connects applies to a back-end the runner starts: --spawn or "
+                 "--spawn-siblings\n";
+    return kUsage;
+  }
   if (!spawn_siblings.empty()) {
     TargetSpec t;
     t.mode = TargetMode::Spawn;
     t.command = spawn_siblings;
+    t.backend_connects = backend_connects;
     cfg.sibling_target = t;
   } else if (!profile.empty()) {
     cfg.sibling_target = profile_target(profile, self_dir(), cfg.spec, true);
