@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <deque>
 #include <map>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -34,9 +35,9 @@ namespace vhu::fuzz {
 // Eventfds and memory files handed out as dups of ones that live as long as
 // the process: making and destroying them (an inode each) was the harnesses'
 // largest cost; a dup and a reset are cheap. Each pool entry goes out at most
-// once per input, so no two fds of one input share a file, and is reset as it
-// goes out (a drained counter; a file truncated to nothing and grown again,
-// so all zeros), so nothing one input left is seen by the next. The
+// once per input, so no two fds of one input share a file, and is reset
+// (a drained counter; a file truncated to nothing and grown again, so all
+// zeros), so nothing one input left is seen by the next. The
 // back-end's dups are closed by the end of the input (the leak check says
 // so), and with them its epoll set and mappings.
 template <class Kind>
@@ -45,16 +46,19 @@ class FdPool {
   FdPool() {
     for (auto& fd : pool_) fd = Kind::make();
   }
-  void new_input() { next_ = 0; }
+  void new_input() {
+    Kind::recycle(std::span<const UniqueFd>(pool_.data(), next_));
+    next_ = 0;
+  }
   template <class Arg>
   UniqueFd take(Arg arg) {
     if (next_ == pool_.size()) {  // an input with more of them than the pool
       UniqueFd fd = Kind::make();
-      Kind::reset(fd.get(), arg);
+      Kind::prepare(fd.get(), arg);
       return fd;
     }
     const int fd = pool_[next_++].get();
-    Kind::reset(fd, arg);
+    Kind::prepare(fd, arg);
     UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
     VHU_FUZZ_CHECK(dup.valid());
     return dup;
@@ -72,13 +76,22 @@ struct EventfdKind {
     VHU_FUZZ_CHECK(fd.valid());
     return fd;
   }
-  static void reset(int fd, bool signalled) {
-    uint64_t v;
-    (void)!::read(fd, &v, sizeof v);
-    if (signalled) {
-      v = 1;
-      VHU_FUZZ_CHECK(::write(fd, &v, sizeof v) == sizeof v);
+  // Most counters an input was given are never signalled: one poll finds the
+  // few to drain, where a read of each mostly failed with EAGAIN. Nothing can
+  // signal them between inputs: every dup was closed (the leak check).
+  static void recycle(std::span<const UniqueFd> used) {
+    std::array<pollfd, kPoolSize> p{};
+    for (size_t i = 0; i < used.size(); ++i) p[i] = {used[i].get(), POLLIN, 0};
+    if (::poll(p.data(), used.size(), 0) <= 0) return;
+    for (size_t i = 0; i < used.size(); ++i) {
+      uint64_t v;
+      if (p[i].revents & POLLIN) (void)!::read(p[i].fd, &v, sizeof v);
     }
+  }
+  static void prepare(int fd, bool signalled) {
+    if (!signalled) return;
+    const uint64_t one = 1;
+    VHU_FUZZ_CHECK(::write(fd, &one, sizeof one) == sizeof one);
   }
 };
 
@@ -94,7 +107,8 @@ struct MemfdKind {
   // offset that all dups share (the back-end signalling a file it was given
   // for a call fd), and a write leaves a page behind, so the offset is reset
   // with the contents.
-  static void reset(int fd, uint64_t bytes) {
+  static void recycle(std::span<const UniqueFd>) {}
+  static void prepare(int fd, uint64_t bytes) {
     struct stat st {};
     VHU_FUZZ_CHECK(::fstat(fd, &st) == 0);
     if (st.st_blocks == 0) {
