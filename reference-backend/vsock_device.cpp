@@ -102,6 +102,7 @@ void VsockDevice::reset() {
   if (event_ring_timer_) loop_.cancel_timer(event_ring_timer_);
   event_ring_timer_ = 0;
   if (!VSOCKREF_FAULT(reset_keeps_pending_transport_reset)) reset_state_ = ResetState::None;
+  spurious_reset_spent_ = false;
 }
 
 DeviceState VsockDevice::save(uint64_t features, uint64_t protocol_features) const {
@@ -119,6 +120,7 @@ void VsockDevice::loaded(const DeviceState&) {
   // move: it must hear TRANSPORT_RESET before anything else (README).
   reset();
   reset_state_ = ResetState::Pending;
+  spurious_reset_spent_ = true;  // a load is owed its own event, and only that one
   if (VSOCKREF_FAULT(no_transport_reset)) reset_state_ = ResetState::None;
 }
 
@@ -180,7 +182,11 @@ void VsockDevice::process() {
 }
 
 void VsockDevice::process_event() {
-  const bool owed = reset_state_ == ResetState::Pending || VSOCKREF_FAULT(spurious_transport_reset);
+  // The fault sends one TRANSPORT_RESET per device life without a load: the
+  // cases that check for none fail on every run, and the others, which all
+  // load, see what they would without it.
+  const bool owed = reset_state_ == ResetState::Pending ||
+                    (VSOCKREF_FAULT(spurious_transport_reset) && !spurious_reset_spent_);
   if (!owed || !io_.ring_usable(vs::kEventQueue)) return;
   auto c = io_.pop(vs::kEventQueue);
   if (!c && io_.rearm(vs::kEventQueue)) c = io_.pop(vs::kEventQueue);
@@ -198,6 +204,7 @@ void VsockDevice::process_event() {
     return;
   }
   io_.push(vs::kEventQueue, c->head, static_cast<uint32_t>(ev.size()));
+  spurious_reset_spent_ = true;
   reset_state_ = ResetState::AwaitConfigRead;
   VLOG(Info, "{}: TRANSPORT_RESET sent; waiting for the driver to read the config", opts_.name);
   if (VSOCKREF_FAULT(connect_before_config_read)) admit_held();

@@ -142,6 +142,7 @@ class VsockDevice {
   Router* router_;
   uint64_t features_ = 0;
   ResetState reset_state_ = ResetState::None;
+  bool spurious_reset_spent_ = false;  // the spurious_transport_reset fault's one event, since reset()
   // Pending with rx and tx running but no event ring: QEMU keeps the event
   // queue for good, crosvm hands it over right after rx and tx. Waiting this
   // long tells them apart (README, "Transport reset after a load").
