@@ -102,12 +102,13 @@ struct MemfdKind {
     VHU_FUZZ_CHECK(fd.valid());
     return fd;
   }
+  // Reset as each goes out, in prepare(): nothing to do between inputs.
+  static void recycle(std::span<const UniqueFd>) {}
   // A file with no page in it reads as zeros already, and most are never
   // written (a stat is cheaper than truncating). Only a write moves the file
   // offset that all dups share (the back-end signalling a file it was given
   // for a call fd), and a write leaves a page behind, so the offset is reset
   // with the contents.
-  static void recycle(std::span<const UniqueFd>) {}
   static void prepare(int fd, uint64_t bytes) {
     struct stat st {};
     VHU_FUZZ_CHECK(::fstat(fd, &st) == 0);
