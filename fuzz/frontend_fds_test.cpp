@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 
 #include <set>
+#include <utility>
+#include <vector>
 
 namespace vhu::fuzz {
 namespace {
@@ -72,6 +74,32 @@ TEST(FdPool, NoTwoFdsOfOneInputShareAFileEvenPastThePool) {
     files.insert(inode(fds.back().get()));
   }
   EXPECT_EQ(files.size(), fds.size());
+}
+
+TEST(FdPool, HungUpPipeReadsEndOfFileForEveryInput) {
+  for (int input = 0; input < 2; ++input) {
+    new_input();
+    UniqueFd a = hung_up_pipes().take(nullptr);
+    UniqueFd b = hung_up_pipes().take(nullptr);
+    EXPECT_NE(inode(a.get()), inode(b.get()));
+    char c;
+    EXPECT_EQ(::read(a.get(), &c, 1), 0);
+    EXPECT_EQ(::read(b.get(), &c, 1), 0);
+  }
+}
+
+// What the front-end keeps of a file it handed over is that file, from the
+// pool or past it, and lives on after the back-end closes its fd.
+TEST(FdPool, KeptFdReachesTheFileHandedOver) {
+  new_input();
+  std::vector<std::pair<UniqueFd, KeptFd>> taken;
+  for (size_t i = 0; i < EventfdKind::kPoolSize + 2; ++i) taken.push_back(eventfds().take_kept(false));
+  for (auto& [given, kept] : taken) {
+    ASSERT_EQ(inode(given.get()), inode(kept.get()));
+    given.reset();
+    const uint64_t one = 1;
+    EXPECT_EQ(::write(kept.get(), &one, sizeof one), 8);
+  }
 }
 
 void leak_in_second_input() {
