@@ -39,7 +39,7 @@ struct Sink : vsockref::ReplySink {
 
 class Harness {
  public:
-  Harness() : backend_(loop_, sink_, vsockref::BackendOptions{}) {}
+  Harness() : backend_(loop_.get(), sink_, vsockref::BackendOptions{}) {}
 
   // Runs one record: a message or an action, then a round of the event loop.
   void record(const fr::RecordHeader& h, std::span<const uint8_t> payload) {
@@ -142,7 +142,7 @@ class Harness {
   // What the front-end does meanwhile: drain the pipe of a save.
   void service() { fds_.drain_save(); }
 
-  vsockref::EventLoop loop_;
+  vhu::fuzz::ProcessLoop loop_;
   Sink sink_;
   // Destroyed before the fds below, as a front-end outlives its back-end session.
   vsockref::Backend backend_;

@@ -80,7 +80,7 @@ vsockref::VmConfig config() {
 
 class Harness {
  public:
-  Harness() : vm_(loop_, config(), &router_) {
+  Harness() : vm_(loop_.get(), config(), &router_) {
     VHU_FUZZ_CHECK(vm_.start().ok());
     new_session();
   }
@@ -110,7 +110,7 @@ class Harness {
   void settle() {
     for (int round = 0; round < 64; ++round) {
       fds_.drain_save();
-      if (loop_.run_once(0) == 0) break;
+      if (loop_.get().run_once(0) == 0) break;
     }
     fds_.drain_save();
   }
@@ -222,7 +222,7 @@ class Harness {
     if (closed) hung_up();
   }
 
-  vsockref::EventLoop loop_;
+  vhu::fuzz::ProcessLoop loop_;
   vsockref::Router router_;
   // After the loop and router it uses, so destroyed before them.
   vsockref::Vm vm_;

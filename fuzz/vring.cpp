@@ -70,14 +70,6 @@ class OneRing final : public vsockref::RingIo {
   uint32_t popped_ = 0;
 };
 
-vsockref::EventLoop& loop() {
-  static vsockref::EventLoop* l = [] {
-    vhu::fuzz::init_backend_process();
-    return new vsockref::EventLoop;
-  }();
-  return *l;
-}
-
 // Tx, then rx through the same device and ring, so the replies the packets
 // earn (RSTs for ports nobody listens on, here every port) are written back
 // into the buffers the ring points at.
@@ -97,7 +89,8 @@ void run_vsock(const vhu::GuestMemory& mem, const vhu::fuzz::vring_layout::Heade
   OneRing io(mem);
   vsockref::VsockOptions vo;
   vo.name = "fuzz";
-  vsockref::VsockDevice dev(loop(), io, vo);
+  vhu::fuzz::ProcessLoop loop;  // before the device, so it checks the loop once the device is gone
+  vsockref::VsockDevice dev(loop.get(), io, vo);
   dev.set_features((hdr.flags >> kVsockFeatureShift) & 7);
   io.serve(vhu::vsock::kTxQueue, &tx);
   dev.process();
@@ -140,6 +133,11 @@ Memory& memory() {
 }
 
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  vhu::fuzz::init_backend_process();
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   vhu::fuzz::Input in(data, size);

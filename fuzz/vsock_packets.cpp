@@ -275,7 +275,7 @@ class Harness {
  public:
   // VM 0 negotiated EVENT_IDX, as Linux does with any back-end that offers
   // it; VM 1 did not, so both ways of suppressing notifications are fuzzed.
-  Harness() { sides_[0] = std::make_unique<Side>(loop_, router_, kGuestCid, kSiblingCid, true); }
+  Harness() { sides_[0] = std::make_unique<Side>(loop_.get(), router_, kGuestCid, kSiblingCid, true); }
   ~Harness() {
     sides_[1].reset();
     sides_[0].reset();
@@ -359,12 +359,12 @@ class Harness {
       }
       case kSelect:
         cur_ = in.take<uint8_t>() & 1;
-        if (!sides_[cur_]) sides_[cur_] = std::make_unique<Side>(loop_, router_, kSiblingCid, kGuestCid, false);
+        if (!sides_[cur_]) sides_[cur_] = std::make_unique<Side>(loop_.get(), router_, kSiblingCid, kGuestCid, false);
         break;
       case kPoll:
       default: break;
     }
-    loop_.run_once(0);
+    loop_.get().run_once(0);
     for (auto& side : sides_)
       if (side) side->guest.request_processing();
     accept_peers();
@@ -523,7 +523,7 @@ class Harness {
     }
   }
 
-  vsockref::EventLoop loop_;
+  vhu::fuzz::ProcessLoop loop_;
   vsockref::Router router_;
   std::unique_ptr<Side> sides_[2];
   unsigned cur_ = 0;

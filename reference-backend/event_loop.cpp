@@ -59,6 +59,11 @@ void EventLoop::remove(int fd) {
   entries_.erase(it);
 }
 
+bool EventLoop::idle() const {
+  std::lock_guard<std::mutex> lock(posted_mu_);
+  return entries_.empty() && timers_.empty() && posted_.empty();
+}
+
 EventLoop::TimerId EventLoop::add_timer(std::chrono::milliseconds delay, std::function<void()> fn) {
   const TimerId id = next_timer_++;
   timers_.emplace(Clock::now() + delay, std::make_pair(id, std::move(fn)));

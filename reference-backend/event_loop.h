@@ -36,6 +36,9 @@ class EventLoop {
   void modify(int fd, uint32_t events);
   void remove(int fd);
   bool watching(int fd) const { return entries_.count(fd) != 0; }
+  // Nothing watched, no timer set, no work posted: what a loop that outlives
+  // its connections must be once they are all gone.
+  bool idle() const;
 
   TimerId add_timer(std::chrono::milliseconds delay, std::function<void()> fn);
   void cancel_timer(TimerId id);
@@ -63,7 +66,7 @@ class EventLoop {
   std::multimap<Clock::time_point, std::pair<TimerId, std::function<void()>>> timers_;
   TimerId next_timer_ = 1;
   std::atomic<bool> stop_{false};
-  std::mutex posted_mu_;
+  mutable std::mutex posted_mu_;
   std::vector<std::function<void()>> posted_;
 };
 
