@@ -292,13 +292,24 @@ class FrontendFds {
 // so the lowest free number moves, and only then is the window polled anew.
 // (An engine that opened two fds and kept only the higher one would defeat
 // this; the report names the fd's file, so such a finding is told apart.)
+//
+// Since Linux 6.2 the size of /proc/self/fd is the number of open fds, and an
+// fstat of it costs a quarter of polling the window: when the count is what
+// it was before the input, nothing was left open, bar an input that also
+// closed an fd it did not own, which the window does not catch either (it
+// looks for fds opened). Otherwise, or on an older kernel (size 0), the
+// window decides and names the fd.
 class FdLeakCheck {
  public:
   static constexpr int kWindow = 128;
-  FdLeakCheck() : first_(lowest_free()) {
+  FdLeakCheck() : count_(open_count()), first_(lowest_free()) {
     before_ = first_ == last().first ? last().open : open_fds(first_);
   }
   void verify() const {
+    if (count_ > 0 && open_count() == count_) {
+      last() = {first_, before_};
+      return;
+    }
     const std::bitset<kWindow> after = open_fds(first_);
     const std::bitset<kWindow> leaked = after & ~before_;
     for (int fd = first_; leaked.any() && fd < first_ + kWindow; ++fd) {
@@ -320,6 +331,13 @@ class FdLeakCheck {
     ::close(fd);
     return fd;
   }
+  // 0 where the kernel does not count. The directory is opened once and
+  // kept, before any window is taken, so it is no leak.
+  static off_t open_count() {
+    static const int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st {};
+    return dir >= 0 && ::fstat(dir, &st) == 0 ? st.st_size : 0;
+  }
   static std::bitset<kWindow> open_fds(int first) {
     std::array<pollfd, kWindow> p{};
     for (int i = 0; i < kWindow; ++i) p[i].fd = first + i;
@@ -338,6 +356,7 @@ class FdLeakCheck {
     return w;
   }
 
+  off_t count_;
   int first_;
   std::bitset<kWindow> before_;
 };
