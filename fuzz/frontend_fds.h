@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstddef>
 #include <array>
 #include <bitset>
+#include <cstddef>
 #include <cstdio>
 #include <deque>
 #include <map>
@@ -54,13 +54,13 @@ class KeptFd {
 };
 
 // Eventfds, memory files and hung-up pipes handed out as dups of ones that
-// live as long as the process: making and destroying them (an inode each) was the harnesses'
-// largest cost; a dup and a reset are cheap. Each pool entry goes out at most
-// once per input, so no two fds of one input share a file, and is reset
-// (a drained counter; a file truncated to nothing and grown again, so all
-// zeros), so nothing one input left is seen by the next. The
-// back-end's dups are closed by the end of the input (the leak check says
-// so), and with them its epoll set and mappings.
+// live as long as the process: making and destroying them (an inode each)
+// was the harnesses' largest cost; a dup and a reset are cheap. Each pool
+// entry goes out at most once per input, so no two fds of one input share a
+// file, and is reset (a drained counter; a file truncated to nothing and
+// grown again, so all zeros), so nothing one input left is seen by the next.
+// The back-end's dups are closed by the end of the input (the leak check says
+// so), and with them its mappings.
 template <class Kind>
 class FdPool {
  public:
