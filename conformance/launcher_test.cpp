@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
+
 #include "case.h"
 #include "profiles.h"
 #include "runner.h"
@@ -20,6 +23,15 @@ Placeholders sample() {
   p.uds2 = "/tmp/d/b.uds";
   p.cid2 = 1007;
   return p;
+}
+
+// A back-end the runner starts; one that connects finds the runner listening.
+TargetSpec spawn_spec(std::string command, bool backend_connects = false) {
+  TargetSpec t;
+  t.mode = TargetMode::Spawn;
+  t.command = std::move(command);
+  t.backend_connects = backend_connects;
+  return t;
 }
 
 TEST(Substitute, EveryPlaceholder) {
@@ -60,10 +72,7 @@ TEST(Profiles, NoTwoVmTemplateElsewhere) {
 }
 
 TEST(Backend, SecondVmOfASpawnedBackend) {
-  TargetSpec t;
-  t.mode = TargetMode::Spawn;
-  t.command = "sleep 30";
-  auto b = Backend::launch(t, 5);
+  auto b = Backend::launch(spawn_spec("sleep 30"), 5);
   ASSERT_TRUE(b) << b.message();
   const Placeholders& p = (*b)->placeholders();
   EXPECT_EQ(p.cid2, 5 + Placeholders::kSecondCidOffset);
@@ -87,11 +96,7 @@ TEST(Backend, SecondVmOfASpawnedBackend) {
 // A back-end that connects to its sockets finds the runner listening on
 // both, and each VM's connection is accepted on its own socket.
 TEST(Backend, SecondVmOfABackendThatConnects) {
-  TargetSpec t;
-  t.mode = TargetMode::Spawn;
-  t.command = "sleep 30 # {socket} {socket2}";
-  t.backend_connects = true;
-  auto b = Backend::launch(t, 5);
+  auto b = Backend::launch(spawn_spec("sleep 30 # {socket} {socket2}", true), 5);
   ASSERT_TRUE(b) << b.message();
   auto v = (*b)->second_vm();
   ASSERT_TRUE(v) << v.message();
@@ -107,11 +112,7 @@ TEST(Backend, SecondVmOfABackendThatConnects) {
 }
 
 TEST(Backend, NoSecondVmForAConnectingCommandWithoutSocket2) {
-  TargetSpec t;
-  t.mode = TargetMode::Spawn;
-  t.command = "sleep 30 # {socket}";
-  t.backend_connects = true;
-  auto b = Backend::launch(t, 5);
+  auto b = Backend::launch(spawn_spec("sleep 30 # {socket}", true), 5);
   ASSERT_TRUE(b) << b.message();
   auto v = (*b)->second_vm();
   ASSERT_FALSE(v);
