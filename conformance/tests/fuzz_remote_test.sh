@@ -14,24 +14,14 @@
 #   reference   the reference back-end: a short run finds nothing, and every
 #               seed of the corpus replays without a finding
 set -uo pipefail
+. "$(dirname "$0")/test_lib.sh"
 runner=$1 corpus=$2 out=$3 mode=$4
 bindir=$(dirname "$runner")
 faulty="$bindir/vhost-user-vsock-faulty"
 ref="$bindir/vhost-user-vsock-ref"
-for b in "$faulty" "$ref"; do
-  if [[ ! -x "$b" ]]; then
-    echo "back-end not built ($b)"
-    exit 77
-  fi
-done
+require_built "$faulty" "$ref"
 work="$out/fuzz-remote-$mode"
-rm -rf "$work"
-mkdir -p "$work"
-status=0
-problem() {
-  echo "FAIL: $*"
-  status=1
-}
+fresh_dir "$work"
 
 spawn_faulty() { echo "$faulty --fault $1 --socket {socket} --uds-path {uds} --guest-cid {cid}"; }
 

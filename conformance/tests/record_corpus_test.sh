@@ -5,20 +5,11 @@
 # the reference back-end without a finding.
 #   record_corpus_test.sh RUNNER FUZZ_TARGET OUT_DIR
 set -uo pipefail
+. "$(dirname "$0")/test_lib.sh"
 runner=$1 target=$2 out=$3
-ref="$(dirname "$runner")/vhost-user-vsock-ref"
-if [[ ! -x "$ref" ]]; then
-  echo "reference back-end not built ($ref)"
-  exit 77
-fi
+require_built "$(dirname "$runner")/vhost-user-vsock-ref"
 work="$out/record-corpus"
-rm -rf "$work"
-mkdir -p "$work"
-status=0
-problem() {
-  echo "FAIL: $*"
-  status=1
-}
+fresh_dir "$work"
 
 cases=(handshake.set_owner handshake.reply_header vsock.sibling_stream)
 filters=()
