@@ -18,7 +18,8 @@
 //  - credit is never exceeded: the device sends no RW payload to the guest
 //    beyond the buf_alloc and fwd_cnt the guest gave it (virtio 1.3, 5.10.6.3);
 //  - buffering is bounded: no flow holds more guest-to-host bytes than the
-//    buffer the device advertises (tx_buffer_size);
+//    buffer the device advertises (tx_buffer_size), nor more host-to-guest
+//    bytes read ahead of the guest's credit than VsockDevice::kReadAhead;
 //  - every rx packet fits the buffer it was written into, its len field
 //    matches the bytes written, and it is addressed to the guest's CID;
 //  - a sibling's packet arrives only through the relay: from the sibling's
@@ -176,6 +177,7 @@ class Guest final : public vsockref::RingIo {
       rerun_ = false;
       device->process();
     } while (rerun_);
+    device->read_ahead();  // as the vhost-user layer does, after the notifications
     in_device_ = false;
   }
 
@@ -520,6 +522,7 @@ class Harness {
       });
       for (auto& [key, f] : s.flows) f.credits.erase(f.credits.begin(), f.credits.end() - 1);
       VHU_FUZZ_CHECK(s.device.max_host_backlog() <= kTxBuffer);
+      VHU_FUZZ_CHECK(s.device.max_read_ahead() <= vsockref::VsockDevice::kReadAhead);
     }
   }
 

@@ -235,6 +235,7 @@ void Backend::run_device() {
       if (VSOCKREF_FAULT(keep_replaced_call_fd)) signal(r.replaced_call);
     }
   }
+  device_.read_ahead();
   in_device_ = false;
 }
 

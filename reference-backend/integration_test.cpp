@@ -15,6 +15,7 @@
 
 #include "device_state.h"
 #include "test_guest.h"
+#include "vsock_device.h"
 #include "vhu/features.h"
 
 namespace vsockref::test {
@@ -325,6 +326,79 @@ TEST(Integration, StopContQueuesHostDataAndDeliversItOnce) {
   g.send_pkt(g.hdr(2, 5000, 1234, Op::RW, 2), {7, 8});
   uint8_t buf[4];
   EXPECT_EQ(read_some(host.get(), buf, sizeof buf, 2000ms), 2u);
+}
+
+// A flow whose guest has no credit left reads the host's bytes ahead, into at
+// most kReadAhead (256 KiB) of the back-end's memory; they survive a stop and
+// cont, and reach the guest in order, before the host's end of stream, once
+// credit returns.
+TEST(Integration, HostBytesBeyondCreditAreReadAheadBoundedAndInOrder) {
+  constexpr size_t kReadAhead = VsockDevice::kReadAhead;
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(64);
+  g.start();
+  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  ASSERT_TRUE(host.valid());
+  // The host socket holds next to nothing itself, so what the host manages to
+  // write is what the device took: the guest's credit and the read-ahead.
+  const int small = 4096;
+  ASSERT_EQ(::setsockopt(host.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+  const auto data = random_bytes(2u << 20, 4);
+  size_t off = 0;
+  std::vector<uint8_t> got;
+  auto write_some = [&] {
+    if (off == data.size()) return false;
+    const ssize_t w = ::send(host.get(), data.data() + off, std::min<size_t>(data.size() - off, 65536),
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w <= 0) return false;
+    off += static_cast<size_t>(w);
+    if (off == data.size()) ::shutdown(host.get(), SHUT_WR);
+    return true;
+  };
+  // The guest returns no credit (and leaves CREDIT_REQUEST unanswered) until
+  // neither side has moved for half a second.
+  auto last_move = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - last_move < 500ms) {
+    bool moved = write_some();
+    while (auto p = g.recv_pkt(5ms)) {
+      ASSERT_TRUE(p->hdr.op == op(Op::RW) || p->hdr.op == op(Op::CREDIT_REQUEST)) << vhu::vsock::describe(p->hdr);
+      got.insert(got.end(), p->payload.begin(), p->payload.end());
+      moved = true;
+    }
+    if (moved) last_move = std::chrono::steady_clock::now();
+  }
+  ASSERT_EQ(got.size(), g.buf_alloc) << "the device sent other than the guest's credit";
+  EXPECT_GE(off, g.buf_alloc + kReadAhead) << "the device did not read ahead while out of credit";
+  EXPECT_LE(off, g.buf_alloc + kReadAhead + 65536) << "the device read more than one window ahead";
+
+  const auto bases = g.stop();
+  g.start(false, bases[0], bases[1]);
+  g.send_pkt(g.hdr(2, 5000, 1234, Op::CREDIT_UPDATE));
+  uint32_t since_update = 0;
+  while (got.size() < data.size()) {
+    write_some();
+    auto p = g.recv_pkt(off == data.size() ? 2000ms : 5ms);
+    if (!p) {
+      ASSERT_LT(off, data.size()) << "stream stalled at " << got.size() << " of " << data.size();
+      continue;
+    }
+    ASSERT_NE(p->hdr.op, op(Op::SHUTDOWN)) << "end of stream after " << got.size() << " of " << data.size();
+    ASSERT_NE(p->hdr.op, op(Op::RST));
+    got.insert(got.end(), p->payload.begin(), p->payload.end());
+    since_update += p->hdr.len;
+    if (since_update >= 65536 || p->hdr.op == op(Op::CREDIT_REQUEST)) {
+      g.send_pkt(g.hdr(2, 5000, 1234, Op::CREDIT_UPDATE));
+      since_update = 0;
+    }
+  }
+  EXPECT_TRUE(got == data) << "bytes reordered, lost or repeated";
+  auto p = recv_past_credit(g, 5000, 1234);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN));
+  EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend);
 }
 
 TEST(Integration, DriverResetClosesHostConnections) {

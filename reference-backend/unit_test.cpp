@@ -1,7 +1,11 @@
-// Pure logic: credit arithmetic, the device-state blob, the host handshake
-// line, the command-line forms.
+// Pure logic: credit arithmetic, the read-ahead byte ring, the device-state
+// blob, the host handshake line, the command-line forms.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <deque>
+
+#include "byte_ring.h"
 #include "cli.h"
 #include "credit.h"
 #include "device_state.h"
@@ -78,6 +82,78 @@ DeviceState sample() {
   s.config = {42, 0, 0, 0, 0, 0, 0, 0};
   s.transport_reset_pending = true;
   return s;
+}
+
+// Writes and reads of every size through the two-piece views keep the bytes
+// in order, against a deque that sees the same operations.
+TEST(ByteRing, KeepsOrderThroughEveryWrapAround) {
+  ByteRing ring(100);
+  std::deque<uint8_t> model;
+  uint8_t next = 0;
+  uint32_t rnd = 12345;
+  auto roll = [&](uint32_t n) {
+    rnd = rnd * 1103515245u + 12345u;
+    return (rnd >> 16) % n;
+  };
+  int two_piece_writes = 0, two_piece_reads = 0;
+  for (int step = 0; step < 20000; ++step) {
+    iovec v[2];
+    if (roll(2)) {
+      const size_t want = roll(101);
+      const int k = ring.free_iov(want, v);
+      size_t n = 0;
+      for (int i = 0; i < k; ++i) {
+        auto* p = static_cast<uint8_t*>(v[i].iov_base);
+        for (size_t j = 0; j < v[i].iov_len; ++j) p[j] = next++;
+        n += v[i].iov_len;
+      }
+      two_piece_writes += k == 2;
+      ASSERT_EQ(n, std::min(want, ring.space()));
+      const size_t keep = roll(static_cast<uint32_t>(n) + 1);  // a short read commits less
+      next = static_cast<uint8_t>(next - (n - keep));
+      for (size_t j = 0; j < keep; ++j) model.push_back(static_cast<uint8_t>(next - keep + j));
+      ring.commit(keep);
+    } else {
+      const size_t want = roll(101);
+      const int k = ring.data_iov(want, v);
+      size_t n = 0;
+      for (int i = 0; i < k; ++i) {
+        const auto* p = static_cast<const uint8_t*>(v[i].iov_base);
+        for (size_t j = 0; j < v[i].iov_len; ++j) {
+          ASSERT_EQ(p[j], model[n]) << "step " << step;
+          ++n;
+        }
+      }
+      two_piece_reads += k == 2;
+      ASSERT_EQ(n, std::min(want, model.size()));
+      ring.consume(n);
+      model.erase(model.begin(), model.begin() + static_cast<ptrdiff_t>(n));
+    }
+    ASSERT_EQ(ring.size(), model.size());
+    ASSERT_LE(ring.size(), ring.capacity());
+  }
+  EXPECT_GT(two_piece_writes, 0);
+  EXPECT_GT(two_piece_reads, 0);
+}
+
+TEST(ByteRing, AllocatesOnFirstWriteAndNeverGrows) {
+  ByteRing ring(8);
+  EXPECT_FALSE(ring.allocated());
+  iovec v[2];
+  EXPECT_EQ(ring.data_iov(8, v), 0);
+  EXPECT_FALSE(ring.allocated());
+  ASSERT_EQ(ring.free_iov(100, v), 1);
+  EXPECT_TRUE(ring.allocated());
+  EXPECT_EQ(v[0].iov_len, 8u);
+  std::memset(v[0].iov_base, 'x', 8);
+  ring.commit(100);  // more than it has room for: clamped
+  EXPECT_EQ(ring.size(), 8u);
+  EXPECT_EQ(ring.free_iov(1, v), 0);
+  // Emptied, the next write starts at the front again: one piece, not two.
+  ring.consume(5);
+  ring.consume(3);
+  ASSERT_EQ(ring.free_iov(8, v), 1);
+  EXPECT_EQ(v[0].iov_len, 8u);
 }
 
 TEST(DeviceStateBlob, RoundTrips) {

@@ -35,8 +35,25 @@ constexpr size_t kMaxRelayPackets = 4096;
 constexpr uint32_t kMaxPayload = 64u << 10;  // largest RW we put in one rx buffer
 constexpr size_t kMaxRxBatch = 64;           // rx buffers one recvmsg may fill
 constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message we take
+// Read-ahead storage of all flows together (VsockDevice::kReadAhead each); a
+// flow that finds it spent reads only within credit.
+constexpr size_t kMaxReadAheadTotal = 16u << 20;
 
 uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
+
+// The corrupt_stream_at_64k fault: flips the flow's 65,537th byte if it is
+// among the `n` about to go to the guest from `iov`.
+void corrupt_at_64k(const Connection& conn, const iovec* iov, size_t count, uint64_t n) {
+  if (!VSOCKREF_FAULT(corrupt_stream_at_64k) || 65536 - conn.guest.tx_cnt >= n) return;
+  size_t off = 65536 - conn.guest.tx_cnt;
+  for (size_t i = 0; i < count; ++i) {
+    if (off < iov[i].iov_len) {
+      static_cast<uint8_t*>(iov[i].iov_base)[off] ^= 0xff;
+      return;
+    }
+    off -= iov[i].iov_len;
+  }
+}
 }  // namespace
 
 VsockDevice::VsockDevice(EventLoop& loop, RingIo& io, VsockOptions opts, Router* router)
@@ -83,7 +100,7 @@ bool VsockDevice::tx_allowed() const {
 bool VsockDevice::idle() const {
   if (!work_.empty() || !rsts_.empty() || !relay_.empty()) return false;
   for (const auto& [id, c] : conns_)
-    if (c->out_bytes() > 0) return false;
+    if (c->out_bytes() > 0 || !c->ahead.empty()) return false;
   return true;
 }
 
@@ -95,6 +112,8 @@ void VsockDevice::reset() {
   conns_.clear();
   by_key_.clear();
   work_.clear();
+  ahead_due_.clear();
+  ahead_storage_ = 0;
   rsts_.clear();
   relay_.clear();
   relay_bytes_ = 0;
@@ -466,11 +485,11 @@ namespace {
 bool data_ready(const Connection& c) {
   if (c.state != ConnState::Established || !c.host || c.guest_no_more_rcv || c.want_rst) return false;
   if (c.in_msg_valid) return c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit);
-  return c.host_readable && (c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit));
+  return (c.host_readable || !c.ahead.empty()) && (c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit));
 }
 bool credit_request_due(const Connection& c) {
-  return c.state == ConnState::Established && c.host && c.host_readable && !c.guest_no_more_rcv &&
-         c.guest.available() == 0 && !c.credit_request_sent;
+  return c.state == ConnState::Established && c.host && (c.host_readable || !c.ahead.empty()) &&
+         !c.guest_no_more_rcv && c.guest.available() == 0 && !c.credit_request_sent;
 }
 bool has_packet(const Connection& c) {
   return c.want_rst || c.want_request || c.want_response || c.want_credit_update || c.want_shutdown != 0 ||
@@ -624,6 +643,7 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   uint64_t room = std::min<uint64_t>(c.writable_bytes - vs::kHdrSize, kMaxPayload);
   if (!VSOCKREF_FAULT(exceed_credit)) room = std::min<uint64_t>(room, conn.guest.available());
   if (conn.type == vs::kTypeSeqpacket) return fill_seqpacket(conn, c, room);
+  if (!conn.ahead.empty()) return fill_from_ahead(conn, c, room);
 
   std::vector<iovec> iov;
   auto n = chain_iovecs(io_.memory(), c, true, vs::kHdrSize, room, iov);
@@ -649,21 +669,13 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   const ssize_t r = ::recvmsg(conn.host.get(), &mh, MSG_DONTWAIT);
   if (r > 0) {
     const auto got = static_cast<uint32_t>(r);
-    if (VSOCKREF_FAULT(corrupt_stream_at_64k) && 65536 - conn.guest.tx_cnt < got) {
-      size_t off = 65536 - conn.guest.tx_cnt;
-      for (const iovec& v : iov) {
-        if (off < v.iov_len) {
-          static_cast<uint8_t*>(v.iov_base)[off] ^= 0xff;
-          break;
-        }
-        off -= v.iov_len;
-      }
-    }
+    corrupt_at_64k(conn, iov.data(), iov.size(), got);
     // A short read, or one that took all the socket held, means it is
     // drained: wait for epoll again rather than read it once more for nothing.
     if (got < asked || (queued && got >= queued)) conn.host_readable = false;
     conn.guest.sent(got);
     update_interest(conn);
+    note_stalled(conn);
     const auto first = static_cast<uint32_t>(std::min<uint64_t>(got, *n));
     uint32_t rest = got - first;
     for (RxFill& f : rx_batch_) {
@@ -699,6 +711,72 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   const Hdr h = reply_hdr(conn, Op::RST);
   destroy(conn);
   return write_packet(c, h);
+}
+
+uint32_t VsockDevice::fill_from_ahead(Connection& conn, const vhu::Chain& c, uint64_t room) {
+  iovec piece[2]{};
+  const int k = conn.ahead.data_iov(room, piece);
+  uint64_t len = 0;
+  for (int i = 0; i < k; ++i) len += piece[i].iov_len;
+  corrupt_at_64k(conn, piece, static_cast<size_t>(k), len);
+  uint64_t at = vs::kHdrSize;
+  for (int i = 0; i < k; ++i) {
+    auto w = vhu::write_chain(io_.memory(), c, at, {static_cast<const uint8_t*>(piece[i].iov_base), piece[i].iov_len});
+    if (!w) {
+      VLOG(Warn, "{}: rx buffer {}: {}", opts_.name, c.head, w.message());
+      return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+    }
+    at += *w;
+  }
+  conn.ahead.consume(len);
+  conn.guest.sent(static_cast<uint32_t>(len));
+  note_stalled(conn);
+  return write_packet(c, reply_hdr(conn, Op::RW, 0, static_cast<uint32_t>(len))) + static_cast<uint32_t>(len);
+}
+
+void VsockDevice::note_stalled(Connection& conn) {
+  if (conn.ahead_due || conn.ahead.capacity() == 0 || conn.guest.available() > 0) return;
+  conn.ahead_due = true;
+  ahead_due_.push_back(conn.id);
+}
+
+void VsockDevice::read_ahead() {
+  // Only while rx runs: a stopped device leaves host data in the host's socket
+  // (and the host program blocked), as it did before reading ahead.
+  const bool rx_runs = io_.ring_usable(vs::kRxQueue);
+  for (uint64_t id : ahead_due_) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) continue;
+    it->second->ahead_due = false;
+    if (rx_runs) read_ahead(*it->second);
+  }
+  ahead_due_.clear();
+}
+
+void VsockDevice::read_ahead(Connection& conn) {
+  if (conn.state != ConnState::Established || !conn.host || !conn.host_readable || conn.guest_no_more_rcv ||
+      conn.want_rst || conn.guest.available() > 0 || conn.ahead.space() == 0)
+    return;
+  if (!conn.ahead.allocated()) {
+    if (ahead_storage_ + conn.ahead.capacity() > kMaxReadAheadTotal) return;
+    ahead_storage_ += conn.ahead.capacity();
+  }
+  // Only bytes the socket holds (we are its only reader, so they stay): a
+  // read that returned 0, the host's end of stream, must reach the guest
+  // after the bytes read ahead, so fill_data() is left to meet it.
+  int queued = 0;
+  if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0 || queued <= 0) return;
+  iovec v[2]{};
+  msghdr mh{};
+  mh.msg_iov = v;
+  mh.msg_iovlen = static_cast<size_t>(conn.ahead.free_iov(static_cast<size_t>(queued), v));
+  const ssize_t r = ::recvmsg(conn.host.get(), &mh, MSG_DONTWAIT);
+  if (r <= 0) return;  // errors too are fill_data()'s, in stream order
+  conn.ahead.commit(static_cast<size_t>(r));
+  if (r >= queued) {
+    conn.host_readable = false;
+    update_interest(conn);
+  }
 }
 
 // Linux posts rx buffers of 4 KiB: filling as many as one read can, with one
@@ -807,6 +885,7 @@ Connection& VsockDevice::create(const ConnKey& k, uint16_t type, vhu::UniqueFd h
   conn->type = type;
   conn->host = std::move(host);
   conn->local.buf_alloc = opts_.tx_buffer_size;
+  if (type == vs::kTypeStream) conn->ahead = ByteRing(kReadAhead);
   const uint64_t id = conn->id;
   if (conn->host) {
     set_nonblocking(conn->host.get());
@@ -821,6 +900,7 @@ Connection& VsockDevice::create(const ConnKey& k, uint16_t type, vhu::UniqueFd h
 
 void VsockDevice::destroy(Connection& conn) {
   if (conn.host) loop_.remove(conn.host.get());
+  if (conn.ahead.allocated()) ahead_storage_ -= conn.ahead.capacity();
   by_key_.erase(conn.key);
   conns_.erase(conn.id);  // `conn` dangles from here
 }
@@ -890,7 +970,10 @@ void VsockDevice::on_host_event(uint64_t id, uint32_t events) {
       flush_out(conn);
     }
   } else {
-    if (events & EPOLLIN) conn.host_readable = true;
+    if (events & EPOLLIN) {
+      conn.host_readable = true;
+      note_stalled(conn);
+    }
     if (events & EPOLLOUT) flush_out(conn);
   }
   if ((it = conns_.find(id)) != conns_.end()) {

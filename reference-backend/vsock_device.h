@@ -57,6 +57,10 @@ class VsockDevice {
   void process();
   // The vhost-user layer changed a ring's started/enabled state.
   void rings_changed();
+  // Runs after process() has delivered its notifications: work that does not
+  // touch the rings and should not delay the guest's wake-up. Reads host
+  // data ahead for flows that ran out of guest credit.
+  void read_ahead();
   // The front-end read the config space (GET_CONFIG).
   void config_read();
   // Device reset (RESET_DEVICE, status 0, driver re-initialised the rings,
@@ -76,6 +80,14 @@ class VsockDevice {
   size_t connection_count() const { return conns_.size(); }
   // Nothing owed to the guest and nothing buffered towards the host.
   bool idle() const;
+  // Host-to-guest bytes one STREAM flow may read beyond the guest's credit:
+  // one window of Linux's default buffer (Connection::ahead).
+  static constexpr size_t kReadAhead = 256u << 10;
+  size_t max_read_ahead() const {
+    size_t m = 0;
+    for (const auto& [id, c] : conns_) m = std::max(m, c->ahead.size());
+    return m;
+  }
   // The largest guest-to-host backlog of any one flow: credit keeps it within
   // tx_buffer_size whatever the guest sends (the vsock_packets fuzzer checks).
   size_t max_host_backlog() const {
@@ -120,6 +132,11 @@ class VsockDevice {
   // Returns the bytes the host socket held (0 if unknown).
   uint64_t gather_rx(Connection& conn, uint64_t more, std::vector<iovec>& iov);
   uint32_t fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room);
+  uint32_t fill_from_ahead(Connection& conn, const vhu::Chain& c, uint64_t room);
+  // The flow may have run out of guest credit with host data still to come:
+  // have read_ahead() look at it.
+  void note_stalled(Connection& conn);
+  void read_ahead(Connection& conn);
   void abort_conn(Connection& conn, const std::string& why);
   uint32_t write_packet(const vhu::Chain& c, const vhu::vsock::Hdr& h);
   vhu::vsock::Hdr reply_hdr(Connection& conn, vhu::vsock::Op op, uint32_t flags = 0, uint32_t len = 0);
@@ -168,6 +185,8 @@ class VsockDevice {
     uint32_t written;  // what push() reports
   };
   std::vector<RxFill> rx_batch_;
+  std::vector<uint64_t> ahead_due_;  // flows for read_ahead()
+  size_t ahead_storage_ = 0;         // ByteRing storage allocated, all flows
 };
 
 }  // namespace vsockref
