@@ -174,10 +174,12 @@ class Guest final : public vsockref::RingIo {
     }
     in_device_ = true;
     do {
-      rerun_ = false;
-      device->process();
+      do {
+        rerun_ = false;
+        device->process();
+      } while (rerun_);
+      device->read_ahead();  // as the vhost-user layer does, after the notifications
     } while (rerun_);
-    device->read_ahead();  // as the vhost-user layer does, after the notifications
     in_device_ = false;
   }
 

@@ -224,18 +224,20 @@ void Backend::run_device() {
   }
   in_device_ = true;
   do {
-    rerun_ = false;
-    device_.process();
-  } while (rerun_);
-  for (Vring& r : rings_) {
-    if (!r.notify_due) continue;
-    r.notify_due = false;
-    if (r.queue.should_notify()) {
-      signal(r.call);
-      if (VSOCKREF_FAULT(keep_replaced_call_fd)) signal(r.replaced_call);
+    do {
+      rerun_ = false;
+      device_.process();
+    } while (rerun_);
+    for (Vring& r : rings_) {
+      if (!r.notify_due) continue;
+      r.notify_due = false;
+      if (r.queue.should_notify()) {
+        signal(r.call);
+        if (VSOCKREF_FAULT(keep_replaced_call_fd)) signal(r.replaced_call);
+      }
     }
-  }
-  device_.read_ahead();
+    device_.read_ahead();  // after the calls, so the guest wakes meanwhile
+  } while (rerun_);
   in_device_ = false;
 }
 

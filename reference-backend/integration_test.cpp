@@ -401,6 +401,50 @@ TEST(Integration, HostBytesBeyondCreditAreReadAheadBoundedAndInOrder) {
   EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend);
 }
 
+// The host ends its stream right after its last byte filled the guest's
+// window: SHUTDOWN takes no credit, so the guest hears of the end without
+// having to return credit first (a guest application waiting for the end
+// before it reads would otherwise wait for ever). A half-close gives
+// SHUTDOWN(SEND), a close SHUTDOWN(SEND|RCV).
+TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(64);
+  g.start();
+  const auto data = random_bytes(g.buf_alloc, 5);
+  for (const bool close_both : {false, true}) {
+    const uint32_t gport = close_both ? 5001 : 5000;
+    g.fwd_cnt = 0;  // the test guest counts one flow at a time
+    auto host = connect_guest_to_host(h, gport, 1234, l.get());
+    ASSERT_TRUE(host.valid());
+    ASSERT_TRUE(write_all(host.get(), data.data(), data.size()));
+    std::vector<uint8_t> got;
+    while (got.size() < data.size()) {
+      auto p = g.recv_pkt();
+      ASSERT_TRUE(p) << "stalled at " << got.size();
+      ASSERT_EQ(p->hdr.dst_port, gport);
+      if (p->hdr.op == op(Op::RW)) got.insert(got.end(), p->payload.begin(), p->payload.end());
+    }
+    ASSERT_TRUE(got == data);
+    if (close_both) {
+      host.reset();
+    } else {
+      ::shutdown(host.get(), SHUT_WR);
+    }
+    std::optional<Packet> p;
+    do {
+      p = g.recv_pkt();  // CREDIT_REQUEST goes unanswered
+    } while (p && (p->hdr.op == op(Op::CREDIT_REQUEST) || p->hdr.op == op(Op::CREDIT_UPDATE)));
+    ASSERT_TRUE(p) << "no SHUTDOWN while the guest had no credit to give";
+    EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
+    EXPECT_EQ(p->hdr.dst_port, gport);
+    EXPECT_EQ(p->hdr.flags, close_both ? vhu::vsock::kShutdownSend | vhu::vsock::kShutdownRcv
+                                       : vhu::vsock::kShutdownSend);
+  }
+}
+
 TEST(Integration, DriverResetClosesHostConnections) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);

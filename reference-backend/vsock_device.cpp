@@ -757,15 +757,19 @@ void VsockDevice::read_ahead(Connection& conn) {
   if (conn.state != ConnState::Established || !conn.host || !conn.host_readable || conn.guest_no_more_rcv ||
       conn.want_rst || conn.guest.available() > 0 || conn.ahead.space() == 0)
     return;
-  if (!conn.ahead.allocated()) {
-    if (ahead_storage_ + conn.ahead.capacity() > kMaxReadAheadTotal) return;
-    ahead_storage_ += conn.ahead.capacity();
-  }
   // Only bytes the socket holds (we are its only reader, so they stay): a
   // read that returned 0, the host's end of stream, must reach the guest
   // after the bytes read ahead, so fill_data() is left to meet it.
   int queued = 0;
-  if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0 || queued <= 0) return;
+  if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0) return;
+  if (queued <= 0) {
+    if (conn.ahead.empty()) end_of_stream_check(conn);
+    return;
+  }
+  if (!conn.ahead.allocated()) {
+    if (ahead_storage_ + conn.ahead.capacity() > kMaxReadAheadTotal) return;
+    ahead_storage_ += conn.ahead.capacity();
+  }
   iovec v[2]{};
   msghdr mh{};
   mh.msg_iov = v;
@@ -777,6 +781,28 @@ void VsockDevice::read_ahead(Connection& conn) {
     conn.host_readable = false;
     update_interest(conn);
   }
+}
+
+// Epoll said the socket of a flow out of credit was readable, and it holds no
+// bytes: the host's end of stream, or word that has gone stale. The end is
+// told at once, since SHUTDOWN takes no credit; waiting for the next read
+// would hold it until the guest returned credit it may have no reason to
+// return. A stale word is dropped, so no CREDIT_REQUEST asks for credit that
+// nothing would use.
+void VsockDevice::end_of_stream_check(Connection& conn) {
+  uint8_t probe;
+  const ssize_t r = ::recv(conn.host.get(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (r > 0) return;  // bytes arrived meanwhile: read_ahead() or fill_data() takes them
+  if (r < 0 && errno != EAGAIN && errno != EINTR) return;  // fill_data() meets the error in order
+  conn.host_readable = false;
+  if (r == 0) {
+    conn.host_eof = true;
+    if (!VSOCKREF_FAULT(no_shutdown_to_guest))
+      conn.want_shutdown |= vs::kShutdownSend | (conn.host_hup ? vs::kShutdownRcv : 0);
+    schedule(conn);
+    io_.request_processing();
+  }
+  update_interest(conn);
 }
 
 // Linux posts rx buffers of 4 KiB: filling as many as one read can, with one
@@ -967,6 +993,7 @@ void VsockDevice::on_host_event(uint64_t id, uint32_t events) {
       abort_conn(conn, "the host program went away before the guest answered");
     } else {
       if (!conn.host_eof) conn.host_readable = true;
+      note_stalled(conn);
       flush_out(conn);
     }
   } else {

@@ -59,7 +59,9 @@ class VsockDevice {
   void rings_changed();
   // Runs after process() has delivered its notifications: work that does not
   // touch the rings and should not delay the guest's wake-up. Reads host
-  // data ahead for flows that ran out of guest credit.
+  // data ahead for flows that ran out of guest credit. When that finds the
+  // host's end of stream, it asks for processing again (request_processing):
+  // the caller then runs process() once more.
   void read_ahead();
   // The front-end read the config space (GET_CONFIG).
   void config_read();
@@ -137,6 +139,7 @@ class VsockDevice {
   // have read_ahead() look at it.
   void note_stalled(Connection& conn);
   void read_ahead(Connection& conn);
+  void end_of_stream_check(Connection& conn);
   void abort_conn(Connection& conn, const std::string& why);
   uint32_t write_packet(const vhu::Chain& c, const vhu::vsock::Hdr& h);
   vhu::vsock::Hdr reply_hdr(Connection& conn, vhu::vsock::Op op, uint32_t flags = 0, uint32_t len = 0);
