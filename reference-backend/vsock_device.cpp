@@ -718,6 +718,8 @@ uint32_t VsockDevice::fill_from_ahead(Connection& conn, const vhu::Chain& c, uin
   const int k = conn.ahead.data_iov(room, piece);
   uint64_t len = 0;
   for (int i = 0; i < k; ++i) len += piece[i].iov_len;
+  // A buffer with room for a header only: credit, not an RW without payload.
+  if (len == 0) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
   corrupt_at_64k(conn, piece, static_cast<size_t>(k), len);
   uint64_t at = vs::kHdrSize;
   for (int i = 0; i < k; ++i) {
