@@ -628,6 +628,7 @@ uint32_t VsockDevice::fill_conn(Connection& conn, const vhu::Chain& c) {
   if (data_ready(conn)) return fill_data(conn, c);
   if (credit_request_due(conn)) {
     conn.credit_request_sent = true;
+    note_stalled(conn);  // the socket may hold only its end, or nothing
     return write_packet(c, reply_hdr(conn, Op::CREDIT_REQUEST));
   }
   if (conn.want_shutdown) {
@@ -761,7 +762,8 @@ void VsockDevice::read_ahead(Connection& conn) {
     return;
   // Only bytes the socket holds (we are its only reader, so they stay): a
   // read that returned 0, the host's end of stream, must reach the guest
-  // after the bytes read ahead, so fill_data() is left to meet it.
+  // after the bytes read ahead. With none read ahead, end_of_stream_check()
+  // looks for the end; otherwise fill_data() meets it once they are sent.
   int queued = 0;
   if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0) return;
   if (queued <= 0) {
@@ -786,7 +788,7 @@ void VsockDevice::read_ahead(Connection& conn) {
 }
 
 // Epoll said the socket of a flow out of credit was readable, and it holds no
-// bytes: the host's end of stream, or word that has gone stale. The end is
+// bytes: the host's end of stream, or a report that has gone stale. The end is
 // told at once, since SHUTDOWN takes no credit; waiting for the next read
 // would hold it until the guest returned credit it may have no reason to
 // return. A stale word is dropped, so no CREDIT_REQUEST asks for credit that
