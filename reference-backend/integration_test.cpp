@@ -409,7 +409,8 @@ TEST(Integration, HostBytesBeyondCreditAreReadAheadBoundedAndInOrder) {
 // window: SHUTDOWN takes no credit, so the guest hears of the end without
 // having to return credit first (a guest application waiting for the end
 // before it reads would otherwise wait for ever). A half-close gives
-// SHUTDOWN(SEND), a close SHUTDOWN(SEND|RCV).
+// SHUTDOWN(SEND), a close SHUTDOWN(SEND|RCV); a half-close while the device
+// is stopped is told once it runs again.
 TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
@@ -418,8 +419,10 @@ TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
   g.post_rx(64);
   g.start();
   const auto data = random_bytes(g.buf_alloc, 5);
-  for (const bool close_both : {false, true}) {
-    const uint32_t gport = close_both ? 5001 : 5000;
+  enum End { kHalfClose, kClose, kHalfCloseWhileStopped };
+  for (const End end : {kHalfClose, kClose, kHalfCloseWhileStopped}) {
+    const bool close_both = end == kClose;
+    const uint32_t gport = 5000 + static_cast<uint32_t>(end);
     g.fwd_cnt = 0;  // the test guest counts one flow at a time
     auto host = connect_guest_to_host(h, gport, 1234, l.get());
     ASSERT_TRUE(host.valid());
@@ -432,7 +435,14 @@ TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
       if (p->hdr.op == op(Op::RW)) got.insert(got.end(), p->payload.begin(), p->payload.end());
     }
     ASSERT_TRUE(got == data);
-    if (close_both) {
+    if (end == kHalfCloseWhileStopped) {
+      // Whatever the device asked for before the stop, it has been asked.
+      while (auto q = g.recv_pkt(200ms)) ASSERT_EQ(q->hdr.len, 0u);
+      const auto bases = g.stop();
+      ::shutdown(host.get(), SHUT_WR);
+      std::this_thread::sleep_for(100ms);
+      g.start(false, bases[0], bases[1]);
+    } else if (close_both) {
       host.reset();
     } else {
       ::shutdown(host.get(), SHUT_WR);

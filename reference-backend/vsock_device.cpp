@@ -745,13 +745,14 @@ void VsockDevice::note_stalled(Connection& conn) {
 
 void VsockDevice::read_ahead() {
   // Only while rx runs: a stopped device leaves host data in the host's socket
-  // (and the host program blocked), as it did before reading ahead.
-  const bool rx_runs = io_.ring_usable(vs::kRxQueue);
+  // (and the host program blocked), as it did before reading ahead. The list
+  // waits, one entry per flow, for the first pass once rx runs again.
+  if (!io_.ring_usable(vs::kRxQueue)) return;
   for (uint64_t id : ahead_due_) {
     auto it = conns_.find(id);
     if (it == conns_.end()) continue;
     it->second->ahead_due = false;
-    if (rx_runs) read_ahead(*it->second);
+    read_ahead(*it->second);
   }
   ahead_due_.clear();
 }
