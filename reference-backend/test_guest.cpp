@@ -290,18 +290,37 @@ void Guest::send_pkt(const vhu::vsock::Hdr& h, const std::vector<uint8_t>& paylo
   kick(1);
 }
 
+void Guest::repost_rx(uint16_t used_id, const std::vector<vhu::DriverBuffer>& bufs) {
+  std::erase_if(rx_bufs_, [&](const RxPart& r) { return r.head == used_id; });
+  auto head = rxq.add(bufs);
+  check(head.ok(), "rx re-add");
+  for (const auto& b : bufs) rx_bufs_.push_back({*head, b.gpa, b.len});
+  rxq.publish();
+  kick(0);
+}
+
 std::optional<Packet> Guest::recv_pkt(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     if (auto e = rxq.pop_used()) {
       std::vector<uint64_t> gpas;
       std::vector<vhu::DriverBuffer> bufs;  // to recycle the buffer exactly as it was
+      uint64_t size = 0;
       for (const RxPart& r : rx_bufs_) {
         if (r.head != e->id) continue;
         gpas.push_back(r.gpa);
         bufs.push_back({r.gpa, r.len, true});
+        size += r.len;
       }
       check(!gpas.empty(), "used id is no rx buffer");
+      check(e->len <= size, "used length " + std::to_string(e->len) + " beyond the rx buffer's " +
+                                std::to_string(size) + " bytes");
+      if (e->len == 0) {
+        // Returned empty (too small for a packet); Linux drops such a buffer.
+        ++rx_returned_empty;
+        repost_rx(static_cast<uint16_t>(e->id), bufs);
+        continue;
+      }
       std::vector<uint8_t> all(e->len);
       if (gpas.size() == 1) {
         std::memcpy(all.data(), ram.host(gpas[0]), e->len);
@@ -310,12 +329,7 @@ std::optional<Packet> Guest::recv_pkt(std::chrono::milliseconds timeout) {
         std::memcpy(all.data(), ram.host(gpas[0]), h);
         if (e->len > h) std::memcpy(all.data() + h, ram.host(gpas[1]), e->len - h);
       }
-      std::erase_if(rx_bufs_, [&](const RxPart& r) { return r.head == e->id; });
-      auto head = rxq.add(bufs);
-      check(head.ok(), "rx re-add");
-      for (const auto& b : bufs) rx_bufs_.push_back({*head, b.gpa, b.len});
-      rxq.publish();
-      kick(0);
+      repost_rx(static_cast<uint16_t>(e->id), bufs);
       auto h = vhu::vsock::decode(all);
       check(h.ok(), "rx packet shorter than a header");
       Packet p{*h, std::vector<uint8_t>(all.begin() + vhu::vsock::kHdrSize, all.end())};

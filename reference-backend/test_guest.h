@@ -93,10 +93,13 @@ class Guest {
   uint64_t features = 0;
   uint32_t buf_alloc = 256 * 1024;
   uint32_t fwd_cnt = 0;
+  int rx_returned_empty = 0;  // rx buffers the device gave back with used length 0
   uint16_t type = vhu::vsock::kTypeStream;
 
  private:
   void setup_ring(unsigned q, vhu::DriverQueue& dq, uint16_t base);
+  // A used rx buffer goes back to the ring exactly as it was.
+  void repost_rx(uint16_t used_id, const std::vector<vhu::DriverBuffer>& bufs);
   struct RxPart {
     uint16_t head;
     uint64_t gpa;

@@ -543,8 +543,17 @@ uint32_t VsockDevice::write_packet(const vhu::Chain& c, const Hdr& h) {
       std::memcpy(*p, bytes.data(), bytes.size());
     return static_cast<uint32_t>(vs::kHdrSize);
   }
-  if (auto w = vhu::write_chain(io_.memory(), c, 0, bytes); !w) {
+  auto w = vhu::write_chain(io_.memory(), c, 0, bytes);
+  if (!w) {
     VLOG(Warn, "{}: rx buffer {}: {}", opts_.name, c.head, w.message());
+    return 0;
+  }
+  // write_chain() stops where the chain ends. A buffer gathered for a batch
+  // read may be shorter than a header; it goes back empty, as process_rx()
+  // returns one, never with a used length beyond what it has.
+  if (*w < bytes.size()) {
+    VLOG(Warn, "{}: rx buffer {} has {} writable bytes, a packet header needs {}; returned empty", opts_.name, c.head,
+         *w, vs::kHdrSize);
     return 0;
   }
   return static_cast<uint32_t>(vs::kHdrSize);
@@ -661,7 +670,8 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   if (asked == 0) {
     // Buffers with room for a header only: a read into no bytes returns 0,
     // which would pass for the host's end of stream. Credit, not data.
-    for (RxFill& f : rx_batch_) f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
+    for (RxFill& f : rx_batch_)
+      f.written = f.header_fits ? write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE)) : 0;
     return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
   }
   msghdr mh{};
@@ -683,9 +693,11 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
       const uint32_t len = std::min(rest, f.room);
       rest -= len;
       // A buffer the read did not reach (or with no room for data) still
-      // carries a packet: the guest gets a header in every buffer it gave.
-      f.written = len ? write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len
-                      : write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
+      // carries a packet: the guest gets a header in every buffer it gave
+      // that can hold one.
+      if (!f.header_fits) f.written = 0;
+      else if (len) f.written = write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len;
+      else f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
     }
     if (first == 0) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));  // a header-only buffer
     return write_packet(c, reply_hdr(conn, Op::RW, 0, first)) + first;
@@ -829,12 +841,14 @@ uint64_t VsockDevice::gather_rx(Connection& conn, uint64_t more, std::vector<iov
     vhu::Result<uint64_t> n = uint64_t{0};
     if (c->writable_bytes > vs::kHdrSize) n = chain_iovecs(io_.memory(), *c, true, vs::kHdrSize, more, iov);
     if (!n || *n == 0 || iov.size() > IOV_MAX) {
-      // Returned empty and in order, as process_rx() does with an unusable buffer.
+      // No data goes here, and the batch ends: in order, it gets a header
+      // only, or nothing when a header does not fit, as process_rx() does.
       iov.resize(at);
-      rx_batch_.push_back(RxFill{std::move(*c), 0, 0});
+      const bool header_fits = c->writable_bytes >= vs::kHdrSize;
+      rx_batch_.push_back(RxFill{std::move(*c), 0, 0, header_fits});
       break;
     }
-    rx_batch_.push_back(RxFill{std::move(*c), static_cast<uint32_t>(*n), 0});
+    rx_batch_.push_back(RxFill{std::move(*c), static_cast<uint32_t>(*n), 0, true});
     more -= *n;
   }
   return static_cast<uint64_t>(queued);

@@ -186,6 +186,7 @@ class VsockDevice {
     vhu::Chain chain;
     uint32_t room;     // payload bytes it can take
     uint32_t written;  // what push() reports
+    bool header_fits;  // false: returned empty (used length 0)
   };
   std::vector<RxFill> rx_batch_;
   std::vector<uint64_t> ahead_due_;  // flows for read_ahead()
