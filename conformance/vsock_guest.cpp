@@ -52,15 +52,23 @@ unsigned VsockGuest::post_rx_buffers() {
   while (!rx_pool_.empty() && rx_.dq().num_free() > 0) {
     uint64_t gpa = rx_pool_.back();
     std::memset(ram_.host(gpa, kBufSize), 0, kBufSize);
-    vhu::DriverBuffer b{gpa, kBufSize, true};
+    const bool small = small_rx_every_ != 0 && ++rx_posted_ % small_rx_every_ == 0;
+    vhu::DriverBuffer b{gpa, small ? small_rx_size_ : kBufSize, true};
     auto head = rx_.dq().add({&b, 1});
     if (!head) throw std::runtime_error("suite bug: rx add: " + head.message());
     rx_pool_.pop_back();
     rx_inflight_[*head] = gpa;
+    rx_size_[*head] = b.len;
+    small_rx_posted_ += small;
     ++n;
   }
   rx_.dq().publish();
   return n;
+}
+
+void VsockGuest::interleave_small_rx(unsigned every, uint32_t size) {
+  small_rx_every_ = every;
+  small_rx_size_ = std::min(size, kBufSize);
 }
 
 vs::Hdr VsockGuest::hdr(vs::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len) const {
@@ -131,7 +139,14 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
     p.used_len = u->len;
     const uint8_t* buf = ram_.host(it->second, kBufSize);
     auto h = vs::decode({buf, vs::kHdrSize});
-    if (u->len < vs::kHdrSize || !h) {
+    const uint32_t size = rx_size_[static_cast<uint16_t>(u->id)];
+    if (u->len > size) {
+      anomalies_.push_back(fmt::format(
+          "rx used len {} beyond its {}-byte buffer (the device must have written at least len bytes)", u->len, size));
+    } else if (size < vs::kHdrSize && u->len == 0) {
+      // Too small for a packet and given back empty: what a device can do with it.
+      ++small_rx_returned_;
+    } else if (u->len < vs::kHdrSize || !h) {
       anomalies_.push_back(fmt::format("rx used len {} is shorter than a vsock header", u->len));
     } else {
       p.hdr = *h;

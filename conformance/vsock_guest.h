@@ -53,6 +53,11 @@ class VsockGuest {
 
   // Fills every free rx descriptor with a 4 KiB device-writable buffer (not kicked).
   unsigned post_rx_buffers();
+  // From now on every `every`-th buffer posted holds `size` bytes instead (a
+  // size below a header's 44 bytes: the device can only give it back empty).
+  void interleave_small_rx(unsigned every, uint32_t size);
+  unsigned small_rx_posted() const { return small_rx_posted_; }
+  unsigned small_rx_returned() const { return small_rx_returned_; }  // given back empty
   // Queues one packet on tx; kicks when the device asks for it (or always).
   void send(const vhu::vsock::Hdr& h, std::span<const uint8_t> payload = {}, bool kick = true);
   // A header from this guest to the host.
@@ -97,6 +102,9 @@ class VsockGuest {
   GuestQueue rx_, tx_;
   std::vector<uint64_t> rx_pool_, tx_pool_;  // buffer gpas not in a ring
   std::map<uint16_t, uint64_t> rx_inflight_, tx_inflight_;  // head -> buffer gpa
+  std::map<uint16_t, uint32_t> rx_size_;                    // head -> bytes the descriptor gives
+  unsigned small_rx_every_ = 0, rx_posted_ = 0, small_rx_posted_ = 0, small_rx_returned_ = 0;
+  uint32_t small_rx_size_ = kBufSize;
   std::deque<RxPacket> backlog_;
   std::map<std::pair<uint32_t, uint32_t>, GuestConn> conns_;
   std::vector<std::string> anomalies_;

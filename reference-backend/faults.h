@@ -91,6 +91,7 @@
   X(accept_missing_fd, "SET_VRING_CALL/KICK/ERR with neither fd nor invalid-FD flag taken as no-fd") \
   X(no_reply_unready_ring, "GET_VRING_BASE for a ring that was never set up gets no reply")         \
   X(keep_rings_on_new_mem_table, "SET_MEM_TABLE does not re-translate running rings (stale mappings)") \
+  X(small_rx_buffer_claims_header, "gives an rx buffer too small for a header, met in a batch read, a used length of 44") \
   X(write_past_rx_buffer, "writes the rx packet header into the first rx descriptor whatever its size or direction") \
   X(trust_vsock_hdr_len, "forwards hdr.len tx bytes from the first buffer even past its end")      \
   X(drop_fds_when_pipelined, "loses the fds of a SET_MEM_TABLE read in the same burst as the SET_OWNER before it") \

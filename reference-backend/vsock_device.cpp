@@ -551,7 +551,7 @@ uint32_t VsockDevice::write_packet(const vhu::Chain& c, const Hdr& h) {
   // write_chain() stops where the chain ends. A buffer gathered for a batch
   // read may be shorter than a header; it goes back empty, as process_rx()
   // returns one, never with a used length beyond what it has.
-  if (*w < bytes.size()) {
+  if (*w < bytes.size() && !VSOCKREF_FAULT(small_rx_buffer_claims_header)) {
     VLOG(Warn, "{}: rx buffer {} has {} writable bytes, a packet header needs {}; returned empty", opts_.name, c.head,
          *w, vs::kHdrSize);
     return 0;
@@ -844,7 +844,7 @@ uint64_t VsockDevice::gather_rx(Connection& conn, uint64_t more, std::vector<iov
       // No data goes here, and the batch ends: in order, it gets a header
       // only, or nothing when a header does not fit, as process_rx() does.
       iov.resize(at);
-      const bool header_fits = c->writable_bytes >= vs::kHdrSize;
+      const bool header_fits = c->writable_bytes >= vs::kHdrSize || VSOCKREF_FAULT(small_rx_buffer_claims_header);
       rx_batch_.push_back(RxFill{std::move(*c), 0, 0, header_fits});
       break;
     }

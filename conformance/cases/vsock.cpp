@@ -191,6 +191,38 @@ CONFORM_CASE(stream_host_to_guest,
   check(s.c.received == data, "the guest to receive the host's 384 KiB exactly", first_difference(data, s.c.received));
 }
 
+// Linux posts 4 KiB rx buffers, but a driver may post any size; one read of
+// the host socket may fill several buffers, and a buffer too small for a
+// header met on the way must not come back claiming one. The host writes
+// more than the guest's first buffers hold, and the guest waits before it
+// reads, so its socket still holds bytes when the mixed buffers come.
+CONFORM_CASE(stream_small_rx_buffers,
+             .id = "vsock.stream_small_rx_buffers",
+             .requirements = {"VQ-USED-LEN", "VSOCK-STREAM-DELIVERY"},
+             .summary = "every second rx buffer the guest reposts holds 16 bytes, too few for a packet header: 1 MiB "
+                        "from the host still arrives exactly, and no buffer comes back with a used length beyond its "
+                        "size",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  HostOpened s(ctx, 8201, 1024 * 1024);
+  s.g.interleave_small_rx(2, 16);
+  const std::string data = pattern(1024 * 1024, 3);
+  bool written = false;
+  {
+    std::jthread writer([&] { written = write_for(s.host.get(), data, 6000); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
+    s.g.wait_until([&] { return s.c.received.size() >= data.size() || s.c.reset || !s.g.anomalies().empty(); },
+                   std::min(ctx.remaining_ms(), 6000));
+  }
+  ctx.note(fmt::format("{} small rx buffers posted, {} given back empty", s.g.small_rx_posted(),
+                       s.g.small_rx_returned()));
+  expect_no_anomalies(s.g, "every used rx length within its buffer, every packet well formed");
+  check(s.g.small_rx_returned() > 0, "the device to reach a 16-byte buffer and give it back",
+        fmt::format("none of the {} came back", s.g.small_rx_posted()));
+  check(written, "the back-end to take the host program's 1 MiB", "the host socket stayed full");
+  check(s.c.received == data, "the guest to receive the host's 1 MiB exactly", first_difference(data, s.c.received));
+}
+
 // ---- credit ----
 
 CONFORM_CASE(credit_respected,
