@@ -48,6 +48,18 @@ vhu::UniqueFd connect_guest_to_host(Harness& h, uint32_t guest_port, uint32_t po
   return accept_one(listen_fd);
 }
 
+// QEMU's start with `rx` buffers posted (Guest::post_rx), then a stream the
+// guest opens from port 5000 to the host program listening on 1234
+// (`listen_fd`); returns the host's end.
+vhu::UniqueFd start_and_connect(Harness& h, int listen_fd, int rx, uint32_t rx_size = Guest::kRxBuf,
+                                bool split = false) {
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g.post_rx(rx, rx_size, split);
+  g.start();
+  return connect_guest_to_host(h, 5000, 1234, listen_fd);
+}
+
 // Guest sends `data` to the host within the credit the device advertises.
 void guest_send_stream(Harness& h, uint32_t gport, uint32_t hport, const std::vector<uint8_t>& data, int host_fd,
                        std::vector<uint8_t>& host_got, uint32_t buf_alloc, uint32_t fwd) {
@@ -163,10 +175,7 @@ TEST(Integration, GuestToHostAndHostToGuestStreamsAreByteExact) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g.post_rx(64, Guest::kRxBuf, /*split=*/true);
-  g.start();
-  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  auto host = start_and_connect(h, l.get(), 64, Guest::kRxBuf, /*split=*/true);
   ASSERT_TRUE(host.valid());
   const auto up = random_bytes(1 << 20, 1);
   std::vector<uint8_t> host_got;
@@ -205,10 +214,8 @@ TEST(Integration, HeaderOnlyRxBuffersAreNoEndOfStream) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g.post_rx(2, vhu::vsock::kHdrSize);  // the RESPONSE takes one; each comes back as it was
-  g.start();
-  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  // The RESPONSE takes one; each comes back as it was.
+  auto host = start_and_connect(h, l.get(), 2, vhu::vsock::kHdrSize);
   ASSERT_TRUE(host.valid());
   const std::string hello = "hello";
   ASSERT_TRUE(write_all(host.get(), reinterpret_cast<const uint8_t*>(hello.data()), hello.size()));
@@ -235,10 +242,7 @@ TEST(Integration, RxBuffersTooSmallForAHeaderComeBackEmpty) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g.post_rx(1);  // for the RESPONSE
-  g.start();
-  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  auto host = start_and_connect(h, l.get(), 1);  // one rx buffer, for the RESPONSE
   ASSERT_TRUE(host.valid());
   // Written before the buffers come, so one read finds it all.
   const auto data = random_bytes(32768, 6);
@@ -318,10 +322,7 @@ TEST(Integration, StopContQueuesHostDataAndDeliversItOnce) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g.post_rx(64);
-  g.start();
-  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  auto host = start_and_connect(h, l.get(), 64);
   ASSERT_TRUE(host.valid());
   const auto bases = g.stop();
   EXPECT_EQ(bases[1], g.txq.avail_idx()) << "GET_VRING_BASE must return the next avail index";
@@ -367,10 +368,7 @@ TEST(Integration, HostBytesBeyondCreditAreReadAheadBoundedAndInOrder) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g.post_rx(64);
-  g.start();
-  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  auto host = start_and_connect(h, l.get(), 64);
   ASSERT_TRUE(host.valid());
   // The host socket holds next to nothing itself, so what the host manages to
   // write is what the device took: the guest's credit and the read-ahead.
@@ -493,10 +491,7 @@ TEST(Integration, DriverResetClosesHostConnections) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g.post_rx(16);
-  g.start();
-  auto host = connect_guest_to_host(h, 5000, 1234, l.get());
+  auto host = start_and_connect(h, l.get(), 16);
   ASSERT_TRUE(host.valid());
   g.stop();
   g.start(false, 0, 0);  // base 0 after traffic: the driver re-initialised the rings
