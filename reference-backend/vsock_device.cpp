@@ -482,8 +482,12 @@ void VsockDevice::relay_in(RelayPacket p) {
 // ---- rx ----
 
 namespace {
+// The flow still moves host bytes to the guest (sent now, or read ahead).
+bool takes_host_data(const Connection& c) {
+  return c.state == ConnState::Established && c.host && !c.guest_no_more_rcv && !c.want_rst;
+}
 bool data_ready(const Connection& c) {
-  if (c.state != ConnState::Established || !c.host || c.guest_no_more_rcv || c.want_rst) return false;
+  if (!takes_host_data(c)) return false;
   if (c.in_msg_valid) return c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit);
   return (c.host_readable || !c.ahead.empty()) && (c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit));
 }
@@ -770,9 +774,7 @@ void VsockDevice::read_ahead() {
 }
 
 void VsockDevice::read_ahead(Connection& conn) {
-  if (conn.state != ConnState::Established || !conn.host || !conn.host_readable || conn.guest_no_more_rcv ||
-      conn.want_rst || conn.guest.available() > 0 || conn.ahead.space() == 0)
-    return;
+  if (!takes_host_data(conn) || !conn.host_readable || conn.guest.available() > 0 || conn.ahead.space() == 0) return;
   // Only bytes the socket holds (we are its only reader, so they stay): a
   // read that returned 0, the host's end of stream, must reach the guest
   // after the bytes read ahead. With none read ahead, end_of_stream_check()
