@@ -433,6 +433,97 @@ TEST(Integration, HostBytesBeyondCreditAreReadAheadBoundedAndInOrder) {
   EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend);
 }
 
+// All flows together read ahead into at most kReadAheadTotal, whatever the
+// host programs write: of one flow more than that holds, all but one read
+// ahead and the last reads only within credit, and still gets its whole
+// stream, in order, as credit returns.
+TEST(Integration, ReadAheadOfAllFlowsTogetherIsBounded) {
+  constexpr size_t kFlows = VsockDevice::kReadAheadTotal / VsockDevice::kReadAhead + 1;
+  constexpr uint32_t kCredit = 4096;
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.buf_alloc = kCredit;
+  g.realize(kQemuPf);
+  g.post_rx(64);
+  g.start();
+  const auto data = random_bytes(2 * VsockDevice::kReadAhead, 6);
+  struct Flow {
+    vhu::UniqueFd host;
+    size_t off = 0;
+    std::vector<uint8_t> got;
+  };
+  std::vector<Flow> flows(kFlows);
+  const int small = 4096;  // so what a host writes is what the device took
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    g.fwd_cnt = 0;
+    flows[i].host = connect_guest_to_host(h, 5000 + i, 1234, l.get());
+    ASSERT_TRUE(flows[i].host.valid()) << "flow " << i;
+    ASSERT_EQ(::setsockopt(flows[i].host.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+  }
+  auto write_some = [&](Flow& f) {
+    if (f.off == data.size()) return false;
+    const ssize_t w = ::send(f.host.get(), data.data() + f.off, std::min<size_t>(data.size() - f.off, 65536),
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w <= 0) return false;
+    f.off += static_cast<size_t>(w);
+    return true;
+  };
+  auto flow_of = [&](const Packet& p) -> Flow& {
+    EXPECT_GE(p.hdr.dst_port, 5000u);
+    EXPECT_LT(p.hdr.dst_port, 5000u + kFlows);
+    return flows[std::min<size_t>(p.hdr.dst_port - 5000u, kFlows - 1)];
+  };
+  // No credit comes back until nothing has moved for half a second.
+  auto last_move = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - last_move < 500ms) {
+    bool moved = false;
+    for (auto& f : flows) moved |= write_some(f);
+    while (auto p = g.recv_pkt(5ms)) {
+      ASSERT_TRUE(p->hdr.op == op(Op::RW) || p->hdr.op == op(Op::CREDIT_REQUEST)) << vhu::vsock::describe(p->hdr);
+      auto& got = flow_of(*p).got;
+      got.insert(got.end(), p->payload.begin(), p->payload.end());
+      moved = true;
+    }
+    if (moved) last_move = std::chrono::steady_clock::now();
+  }
+  size_t ahead = 0;
+  Flow* capped = nullptr;
+  for (auto& f : flows) {
+    ASSERT_EQ(f.got.size(), kCredit) << "the device sent other than the guest's credit";
+    if (f.off >= kCredit + VsockDevice::kReadAhead) {
+      ++ahead;
+    } else {
+      EXPECT_LE(f.off, kCredit + 65536) << "a flow read ahead part of a window";
+      capped = &f;
+    }
+  }
+  EXPECT_EQ(ahead, kFlows - 1) << "flows that read ahead, of " << kFlows;
+  ASSERT_NE(capped, nullptr);
+
+  // The capped flow's stream, credit by credit; the others keep waiting.
+  Flow& f = *capped;
+  const auto gport = static_cast<uint32_t>(5000 + (capped - flows.data()));
+  auto give_credit = [&] {
+    g.fwd_cnt = static_cast<uint32_t>(f.got.size());
+    g.send_pkt(g.hdr(2, gport, 1234, Op::CREDIT_UPDATE));
+  };
+  give_credit();
+  while (f.got.size() < data.size()) {
+    write_some(f);
+    auto p = g.recv_pkt(f.off == data.size() ? 2000ms : 5ms);
+    if (!p) {
+      ASSERT_LT(f.off, data.size()) << "stream stalled at " << f.got.size() << " of " << data.size();
+      continue;
+    }
+    if (p->hdr.dst_port != gport) continue;  // another flow asking for credit
+    ASSERT_TRUE(p->hdr.op == op(Op::RW) || p->hdr.op == op(Op::CREDIT_REQUEST)) << vhu::vsock::describe(p->hdr);
+    f.got.insert(f.got.end(), p->payload.begin(), p->payload.end());
+    if (f.got.size() % kCredit == 0 || p->hdr.op == op(Op::CREDIT_REQUEST)) give_credit();
+  }
+  EXPECT_TRUE(f.got == data) << "bytes reordered, lost or repeated";
+}
+
 // The host ends its stream right after its last byte filled the guest's
 // window: SHUTDOWN takes no credit, so the guest hears of the end without
 // having to return credit first (a guest application waiting for the end

@@ -35,9 +35,6 @@ constexpr size_t kMaxRelayPackets = 4096;
 constexpr uint32_t kMaxPayload = 64u << 10;  // largest RW we put in one rx buffer
 constexpr size_t kMaxRxBatch = 64;           // rx buffers one recvmsg may fill
 constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message we take
-// Read-ahead storage of all flows together (VsockDevice::kReadAhead each); a
-// flow that finds it spent reads only within credit.
-constexpr size_t kMaxReadAheadTotal = 16u << 20;
 
 uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
 
@@ -95,13 +92,6 @@ bool VsockDevice::relay_open() const {
 
 bool VsockDevice::tx_allowed() const {
   return reset_state_ != ResetState::Pending || VSOCKREF_FAULT(rx_before_transport_reset);
-}
-
-bool VsockDevice::idle() const {
-  if (!work_.empty() || !rsts_.empty() || !relay_.empty()) return false;
-  for (const auto& [id, c] : conns_)
-    if (c->out_bytes() > 0 || !c->ahead.empty()) return false;
-  return true;
 }
 
 // ---- lifecycle ----
@@ -786,7 +776,7 @@ void VsockDevice::read_ahead(Connection& conn) {
     return;
   }
   if (!conn.ahead.allocated()) {
-    if (ahead_storage_ + conn.ahead.capacity() > kMaxReadAheadTotal) return;
+    if (ahead_storage_ + conn.ahead.capacity() > kReadAheadTotal) return;
     ahead_storage_ += conn.ahead.capacity();
   }
   iovec v[2]{};

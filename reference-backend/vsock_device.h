@@ -80,11 +80,12 @@ class VsockDevice {
 
   ResetState reset_state() const { return reset_state_; }
   size_t connection_count() const { return conns_.size(); }
-  // Nothing owed to the guest and nothing buffered towards the host.
-  bool idle() const;
   // Host-to-guest bytes one STREAM flow may read beyond the guest's credit:
   // one window of Linux's default buffer (Connection::ahead).
   static constexpr size_t kReadAhead = 256u << 10;
+  // Read-ahead storage of all flows together; a flow that finds it spent reads
+  // only within credit. A flow keeps its kReadAhead until it closes.
+  static constexpr size_t kReadAheadTotal = 16u << 20;
   size_t max_read_ahead() const {
     size_t m = 0;
     for (const auto& [id, c] : conns_) m = std::max(m, c->ahead.size());
