@@ -44,6 +44,7 @@ void VsockGuest::reset_rings(int rx_region, int tx_region) {
   tx_.relocate(tx_region);
   backlog_.clear();
   conns_.clear();
+  framed_head_.reset();
   init_pools();
 }
 
@@ -71,6 +72,52 @@ void VsockGuest::interleave_small_rx(unsigned every, uint32_t size) {
   small_rx_size_ = std::min(size, kBufSize);
 }
 
+void VsockGuest::send_framed(const vs::Hdr& h0, std::span<const uint8_t> payload, std::span<const uint32_t> pieces,
+                             bool indirect) {
+  constexpr uint64_t kFramedMax = 2 * 65536;
+  constexpr size_t kMaxPieces = 16;
+  constexpr uint64_t kFramedArea = kFramedMax + 128 * kMaxPieces;
+  const uint64_t total = vs::kHdrSize + payload.size();
+  uint64_t sum = 0;
+  for (uint32_t n : pieces) sum += n;
+  if (sum != total || total > kFramedMax || pieces.empty() || pieces.size() > kMaxPieces || std::find(pieces.begin(), pieces.end(), 0u) != pieces.end())
+    throw std::runtime_error("suite bug: framed packet pieces do not cover it");
+  if (framed_head_ && !wait_until([&] { return !framed_head_; }, 2000))
+    fail("the back-end to use the previous tx packet", "not used within 2 s");
+  if (tx_.dq().num_free() < (indirect ? 1 : pieces.size()) && !wait_until([&] {
+        return tx_.dq().num_free() >= (indirect ? 1 : pieces.size());
+      }, 2000))
+    fail("the back-end to consume tx buffers", "the tx ring stayed full for 2 s");
+  if (!framed_gpa_) framed_gpa_ = ram_.alloc(kFramedArea, 64, 0);
+  vs::Hdr h = h0;
+  h.len = static_cast<uint32_t>(payload.size());
+  if (auto* c = conn(h.src_port, h.dst_port)) {
+    h.buf_alloc = c->buf_alloc;
+    h.fwd_cnt = c->fwd_cnt;
+  }
+  std::vector<uint8_t> bytes(total);
+  vs::encode(h, std::span<uint8_t, vs::kHdrSize>(bytes.data(), vs::kHdrSize));
+  if (!payload.empty()) std::memcpy(bytes.data() + vs::kHdrSize, payload.data(), payload.size());
+  // Pieces lie in memory last first, with a gap of filler between them: a
+  // device that reads on past a descriptor's end, rather than following the
+  // chain, reads the filler or the wrong piece.
+  std::memset(ram_.host(framed_gpa_, kFramedArea), 0xEE, kFramedArea);
+  std::vector<vhu::DriverBuffer> bufs(pieces.size());
+  uint64_t at = framed_gpa_, from = total;
+  for (size_t i = pieces.size(); i-- > 0;) {
+    from -= pieces[i];
+    std::memcpy(ram_.host(at, pieces[i]), bytes.data() + from, pieces[i]);
+    bufs[i] = {at, pieces[i], false};
+    at += (pieces[i] + 64 + 63) & ~uint64_t{63};
+  }
+  const uint16_t old = tx_.dq().avail_idx();
+  auto head = tx_.dq().add(bufs, indirect);
+  if (!head) throw std::runtime_error("suite bug: tx add: " + head.message());
+  framed_head_ = *head;
+  tx_.dq().publish();
+  if (tx_.dq().needs_kick(old)) tx_.kick();
+}
+
 vs::Hdr VsockGuest::hdr(vs::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len) const {
   vs::Hdr h;
   h.src_cid = cid_;
@@ -87,6 +134,11 @@ vs::Hdr VsockGuest::hdr(vs::Op op, uint32_t src_port, uint32_t dst_port, uint32_
 unsigned VsockGuest::reclaim_tx() {
   unsigned n = 0;
   while (auto u = tx_.dq().pop_used()) {
+    if (framed_head_ && u->id == *framed_head_) {
+      framed_head_.reset();
+      ++n;
+      continue;
+    }
     auto it = tx_inflight_.find(static_cast<uint16_t>(u->id));
     if (it == tx_inflight_.end()) {
       anomalies_.push_back(fmt::format("tx used id {} was not in flight", u->id));
@@ -292,6 +344,15 @@ void VsockGuest::write(GuestConn& c, std::string_view data, bool kick) {
     c.tx_cnt += static_cast<uint32_t>(n);
     data.remove_prefix(n);
   }
+}
+
+void VsockGuest::write_framed(GuestConn& c, std::string_view data, std::span<const uint32_t> pieces, bool indirect) {
+  auto credit = [&] { return c.peer_buf_alloc - (c.tx_cnt - c.peer_fwd_cnt); };
+  if (credit() < data.size() && !wait_until([&] { return credit() >= data.size() || c.reset; }, 2000))
+    fail(fmt::format("credit from the peer for a {}-byte packet", data.size()),
+         fmt::format("{} bytes of credit after 2 s", credit()));
+  send_framed(conn_hdr(c, vs::Op::RW), {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, pieces, indirect);
+  c.tx_cnt += static_cast<uint32_t>(data.size());
 }
 
 // ---- host side ----

@@ -60,6 +60,13 @@ class VsockGuest {
   unsigned small_rx_returned() const { return small_rx_returned_; }  // given back empty
   // Queues one packet on tx; kicks when the device asks for it (or always).
   void send(const vhu::vsock::Hdr& h, std::span<const uint8_t> payload = {}, bool kick = true);
+  // Queues one packet on tx laid out over descriptors of `pieces` bytes each
+  // (summing to header plus payload), through an indirect table when
+  // `indirect`: the framings drivers really use, which a device must take
+  // whatever they are. The packet has guest memory of its own, reused once
+  // the device has used the previous such packet.
+  void send_framed(const vhu::vsock::Hdr& h, std::span<const uint8_t> payload, std::span<const uint32_t> pieces,
+                   bool indirect = false);
   // A header from this guest to the host.
   vhu::vsock::Hdr hdr(vhu::vsock::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len = 0) const;
   // Takes used rx buffers, decodes, reposts; handles connection bookkeeping.
@@ -84,6 +91,9 @@ class VsockGuest {
   // Packets from `cid` (a sibling VM) are expected, not anomalies.
   void allow_peer(uint64_t cid) { peers_.push_back(cid); }
   void write(GuestConn& c, std::string_view data, bool kick = true);  // RW packets, within credit
+  // One RW packet of all of `data` framed as send_framed() does, once the
+  // peer's credit allows it.
+  void write_framed(GuestConn& c, std::string_view data, std::span<const uint32_t> pieces, bool indirect = false);
   GuestConn* conn(uint32_t local_port, uint32_t host_port);
   std::map<std::pair<uint32_t, uint32_t>, GuestConn>& conns() { return conns_; }
   // Packets seen that belong to no known connection or are odd (for verdicts).
@@ -103,6 +113,8 @@ class VsockGuest {
   std::vector<uint64_t> rx_pool_, tx_pool_;  // buffer gpas not in a ring
   std::map<uint16_t, uint64_t> rx_inflight_, tx_inflight_;  // head -> buffer gpa
   std::map<uint16_t, uint32_t> rx_size_;                    // head -> bytes the descriptor gives
+  uint64_t framed_gpa_ = 0;                                 // send_framed()'s packet memory
+  std::optional<uint16_t> framed_head_;                     // its packet, until used
   unsigned small_rx_every_ = 0, rx_posted_ = 0, small_rx_posted_ = 0, small_rx_returned_ = 0;
   uint32_t small_rx_size_ = kBufSize;
   std::deque<RxPacket> backlog_;

@@ -235,6 +235,19 @@ void VsockDevice::process_tx() {
   }
 }
 
+namespace {
+// For the tx_payload_in_one_descriptor fault: whether the `len` payload bytes
+// after the header run on past the descriptor they start in.
+bool payload_spans_descriptors(const vhu::Chain& c, uint32_t len) {
+  uint64_t at = vs::kHdrSize;
+  for (const auto& s : c.segments) {
+    if (at < s.len) return len > s.len - at;
+    at -= s.len;
+  }
+  return len > 0;
+}
+}  // namespace
+
 void VsockDevice::handle_tx_chain(const vhu::Chain& c) {
   if (c.readable_bytes < vs::kHdrSize) {
     VLOG(Warn, "{}: tx chain {}: {} readable bytes, a packet header needs {}; dropped", opts_.name, c.head,
@@ -252,6 +265,10 @@ void VsockDevice::handle_tx_chain(const vhu::Chain& c) {
   if (h->len > c.readable_bytes - vs::kHdrSize && !VSOCKREF_FAULT(trust_vsock_hdr_len)) {
     VLOG(Warn, "{}: tx packet {}: field len = {} but the buffer holds {} payload bytes; dropped", opts_.name,
          vs::describe(*h), h->len, c.readable_bytes - vs::kHdrSize);
+    return;
+  }
+  if (VSOCKREF_FAULT(tx_payload_in_one_descriptor) && payload_spans_descriptors(c, h->len)) {
+    VLOG(Warn, "{}: tx packet {}: payload in more than one descriptor; dropped", opts_.name, vs::describe(*h));
     return;
   }
   if (h->src_cid != opts_.guest_cid && !VSOCKREF_FAULT(accept_spoofed_src_cid)) {
