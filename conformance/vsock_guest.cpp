@@ -45,6 +45,8 @@ void VsockGuest::reset_rings(int rx_region, int tx_region) {
   backlog_.clear();
   conns_.clear();
   framed_head_.reset();
+  rx_pieces_.clear();
+  rx_framing_.clear();
   init_pools();
 }
 
@@ -52,19 +54,54 @@ unsigned VsockGuest::post_rx_buffers() {
   unsigned n = 0;
   while (!rx_pool_.empty() && rx_.dq().num_free() > 0) {
     uint64_t gpa = rx_pool_.back();
+    const bool small = small_rx_every_ != 0 && (rx_posted_ + 1) % small_rx_every_ == 0;
+    std::vector<vhu::DriverBuffer> bufs;
+    int framing = -1;
+    if (!small && !rx_framings_.empty()) {
+      framing = static_cast<int>(rx_framed_posted_ % rx_framings_.size());
+      const auto& sizes = rx_framings_[static_cast<size_t>(framing)];
+      bufs.resize(sizes.size());
+      uint64_t at = gpa;
+      for (size_t i = sizes.size(); i-- > 0;) {
+        bufs[i] = {at, sizes[i], true};
+        at += sizes[i];
+      }
+    } else {
+      bufs.push_back({gpa, small ? small_rx_size_ : kBufSize, true});
+    }
+    if (rx_.dq().num_free() < bufs.size()) break;
     std::memset(ram_.host(gpa, kBufSize), 0, kBufSize);
-    const bool small = small_rx_every_ != 0 && ++rx_posted_ % small_rx_every_ == 0;
-    vhu::DriverBuffer b{gpa, small ? small_rx_size_ : kBufSize, true};
-    auto head = rx_.dq().add({&b, 1});
+    auto head = rx_.dq().add(bufs);
     if (!head) throw std::runtime_error("suite bug: rx add: " + head.message());
     rx_pool_.pop_back();
     rx_inflight_[*head] = gpa;
-    rx_size_[*head] = b.len;
+    uint32_t size = 0;
+    for (const auto& b : bufs) size += b.len;
+    rx_size_[*head] = size;
+    rx_pieces_.erase(*head);
+    rx_framing_.erase(*head);
+    if (framing >= 0) {
+      rx_pieces_[*head] = std::move(bufs);
+      rx_framing_[*head] = framing;
+      ++rx_framed_posted_;
+    }
+    ++rx_posted_;
     small_rx_posted_ += small;
     ++n;
   }
   rx_.dq().publish();
   return n;
+}
+
+void VsockGuest::frame_rx(std::vector<std::vector<uint32_t>> framings) {
+  for (const auto& f : framings) {
+    uint64_t sum = 0;
+    for (uint32_t n : f) sum += n;
+    if (f.empty() || sum > kBufSize || std::find(f.begin(), f.end(), 0u) != f.end())
+      throw std::runtime_error("suite bug: an rx framing must be non-empty pieces within a buffer");
+  }
+  rx_framings_ = std::move(framings);
+  rx_framed_posted_ = 0;
 }
 
 void VsockGuest::interleave_small_rx(unsigned every, uint32_t size) {
@@ -190,6 +227,20 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
     RxPacket p;
     p.used_len = u->len;
     const uint8_t* buf = ram_.host(it->second, kBufSize);
+    std::vector<uint8_t> gathered;
+    if (auto pc = rx_pieces_.find(static_cast<uint16_t>(u->id)); pc != rx_pieces_.end()) {
+      // A framed buffer reads as its descriptors in chain order.
+      gathered.resize(kBufSize);
+      size_t off = 0;
+      for (const auto& d : pc->second) {
+        std::memcpy(gathered.data() + off, ram_.host(d.gpa, d.len), d.len);
+        off += d.len;
+      }
+      buf = gathered.data();
+      p.framing = rx_framing_[pc->first];
+      rx_framing_.erase(pc->first);
+      rx_pieces_.erase(pc);
+    }
     auto h = vs::decode({buf, vs::kHdrSize});
     const uint32_t size = rx_size_[static_cast<uint16_t>(u->id)];
     if (u->len > size) {

@@ -24,6 +24,7 @@ struct RxPacket {
   vhu::vsock::Hdr hdr;
   std::vector<uint8_t> data;
   uint32_t used_len = 0;
+  int framing = -1;  // which of VsockGuest::frame_rx()'s framings its buffer had
 };
 
 struct GuestConn {
@@ -58,6 +59,11 @@ class VsockGuest {
   void interleave_small_rx(unsigned every, uint32_t size);
   unsigned small_rx_posted() const { return small_rx_posted_; }
   unsigned small_rx_returned() const { return small_rx_returned_; }  // given back empty
+  // From now on the rx buffers posted take these framings in turn, each a
+  // list of descriptor sizes summing to at most kBufSize, laid in the buffer
+  // last piece first (so a device that writes on past a descriptor's end
+  // writes into the wrong piece). None: one descriptor, as Linux posts.
+  void frame_rx(std::vector<std::vector<uint32_t>> framings);
   // Queues one packet on tx; kicks when the device asks for it (or always).
   void send(const vhu::vsock::Hdr& h, std::span<const uint8_t> payload = {}, bool kick = true);
   // Queues one packet on tx laid out over descriptors of `pieces` bytes each
@@ -113,6 +119,10 @@ class VsockGuest {
   std::vector<uint64_t> rx_pool_, tx_pool_;  // buffer gpas not in a ring
   std::map<uint16_t, uint64_t> rx_inflight_, tx_inflight_;  // head -> buffer gpa
   std::map<uint16_t, uint32_t> rx_size_;                    // head -> bytes the descriptor gives
+  std::vector<std::vector<uint32_t>> rx_framings_;
+  unsigned rx_framed_posted_ = 0;
+  std::map<uint16_t, std::vector<vhu::DriverBuffer>> rx_pieces_;  // head -> descriptors, when framed
+  std::map<uint16_t, int> rx_framing_;                              // head -> index into rx_framings_
   uint64_t framed_gpa_ = 0;                                 // send_framed()'s packet memory
   std::optional<uint16_t> framed_head_;                     // its packet, until used
   unsigned small_rx_every_ = 0, rx_posted_ = 0, small_rx_posted_ = 0, small_rx_returned_ = 0;

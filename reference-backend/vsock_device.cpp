@@ -521,13 +521,22 @@ bool VsockDevice::have_rx_work() {
   return false;
 }
 
+std::optional<vhu::Chain> VsockDevice::pop_rx() {
+  auto c = io_.pop(vs::kRxQueue);
+  if (c && VSOCKREF_FAULT(rx_first_descriptor_only) && c->segments.size() > 1) {
+    c->segments.resize(1);
+    c->writable_bytes = c->segments[0].writable ? c->segments[0].len : 0;
+  }
+  return c;
+}
+
 void VsockDevice::process_rx() {
   if (VSOCKREF_FAULT(stall_on_unready_rx) && !io_.ring_started(vs::kRxQueue) && have_rx_work()) {
     // rust-vmm/vhost-device #827: waiting inside the loop for a ring only the loop could start.
     std::this_thread::sleep_for(std::chrono::seconds(3));
   }
   while (io_.ring_usable(vs::kRxQueue) && have_rx_work()) {
-    auto c = io_.pop(vs::kRxQueue);
+    auto c = pop_rx();
     if (!c) {
       if (io_.rearm(vs::kRxQueue)) continue;
       break;
@@ -844,7 +853,7 @@ uint64_t VsockDevice::gather_rx(Connection& conn, uint64_t more, std::vector<iov
   if (static_cast<uint64_t>(queued) <= first) return static_cast<uint64_t>(queued);
   more = std::min<uint64_t>(more, static_cast<uint64_t>(queued) - first);
   while (more > 0 && rx_batch_.size() < kMaxRxBatch && io_.ring_usable(vs::kRxQueue)) {
-    auto c = io_.pop(vs::kRxQueue);
+    auto c = pop_rx();
     if (!c) break;
     const size_t at = iov.size();
     vhu::Result<uint64_t> n = uint64_t{0};

@@ -134,6 +134,7 @@ class VsockDevice {
   // bytes of room: their iovecs go to `iov`, the buffers to rx_batch_.
   // Returns the bytes the host socket held (0 if unknown).
   uint64_t gather_rx(Connection& conn, uint64_t more, std::vector<iovec>& iov);
+  std::optional<vhu::Chain> pop_rx();  // the next rx buffer (io_.pop, but for a fault)
   uint32_t fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room);
   uint32_t fill_from_ahead(Connection& conn, const vhu::Chain& c, uint64_t room);
   // The flow may have run out of guest credit with host data still to come:
