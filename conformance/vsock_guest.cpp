@@ -50,9 +50,9 @@ void VsockGuest::reset_rings(int rx_region, int tx_region) {
   init_pools();
 }
 
-unsigned VsockGuest::post_rx_buffers() {
+unsigned VsockGuest::post_rx_buffers(unsigned max) {
   unsigned n = 0;
-  while (!rx_pool_.empty() && rx_.dq().num_free() > 0) {
+  while (n < max && !rx_pool_.empty() && rx_.dq().num_free() > 0) {
     uint64_t gpa = rx_pool_.back();
     const bool small = small_rx_every_ != 0 && (rx_posted_ + 1) % small_rx_every_ == 0;
     std::vector<vhu::DriverBuffer> bufs;
@@ -263,7 +263,7 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
     rx_pool_.push_back(it->second);
     rx_inflight_.erase(it);
   }
-  if (repost && !out.empty()) {
+  if (repost && !hold_rx_ && !out.empty()) {
     uint16_t old = rx_.dq().avail_idx();
     post_rx_buffers();
     if (rx_.dq().needs_kick(old)) rx_.kick();

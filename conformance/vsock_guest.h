@@ -53,7 +53,10 @@ class VsockGuest {
   uint64_t cid() const { return cid_; }
 
   // Fills every free rx descriptor with a 4 KiB device-writable buffer (not kicked).
-  unsigned post_rx_buffers();
+  unsigned post_rx_buffers(unsigned max = ~0u);
+  // While held, rx buffers the device used are not given back to it: a guest
+  // that leaves the device no rx buffer ("rx full" from the device's side).
+  void hold_rx(bool held) { hold_rx_ = held; }
   // From now on every `every`-th buffer posted holds `size` bytes instead (a
   // size below a header's 44 bytes: the device can only give it back empty).
   void interleave_small_rx(unsigned every, uint32_t size);
@@ -119,6 +122,7 @@ class VsockGuest {
   std::vector<uint64_t> rx_pool_, tx_pool_;  // buffer gpas not in a ring
   std::map<uint16_t, uint64_t> rx_inflight_, tx_inflight_;  // head -> buffer gpa
   std::map<uint16_t, uint32_t> rx_size_;                    // head -> bytes the descriptor gives
+  bool hold_rx_ = false;
   std::vector<std::vector<uint32_t>> rx_framings_;
   unsigned rx_framed_posted_ = 0;
   std::map<uint16_t, std::vector<vhu::DriverBuffer>> rx_pieces_;  // head -> descriptors, when framed

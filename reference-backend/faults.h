@@ -94,6 +94,7 @@
   X(small_rx_buffer_claims_header, "gives an rx buffer too small for a header, met in a batch read, a used length of 44") \
   X(write_past_rx_buffer, "writes the rx packet header into the first rx descriptor whatever its size or direction") \
   X(trust_vsock_hdr_len, "forwards hdr.len tx bytes from the first buffer even past its end")      \
+  X(tx_waits_for_rx, "stops taking tx while it owes the guest a packet and rx has no buffer for it") \
   X(rx_first_descriptor_only, "fills an rx buffer framed over several descriptors as if its first were all of it") \
   X(tx_payload_in_one_descriptor, "drops a tx packet whose payload spans more than one descriptor (cloud-hypervisor #7672, libkrun #535)") \
   X(drop_fds_when_pipelined, "loses the fds of a SET_MEM_TABLE read in the same burst as the SET_OWNER before it") \

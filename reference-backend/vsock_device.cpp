@@ -225,6 +225,7 @@ void VsockDevice::process_tx() {
     // processing is not possible until the other side processes the
     // virtqueue that it has neglected."
     if (rsts_.size() >= kMaxPendingRsts) break;
+    if (VSOCKREF_FAULT(tx_waits_for_rx) && rx_starved_) break;
     auto c = io_.pop(vs::kTxQueue);
     if (!c) {
       if (io_.rearm(vs::kTxQueue)) continue;
@@ -537,6 +538,7 @@ void VsockDevice::process_rx() {
   }
   while (io_.ring_usable(vs::kRxQueue) && have_rx_work()) {
     auto c = pop_rx();
+    rx_starved_ = !c;
     if (!c) {
       if (io_.rearm(vs::kRxQueue)) continue;
       break;

@@ -192,6 +192,7 @@ class VsockDevice {
   };
   std::vector<RxFill> rx_batch_;
   std::vector<uint64_t> ahead_due_;  // flows for read_ahead()
+  bool rx_starved_ = false;           // rx work met no rx buffer (for the tx_waits_for_rx fault)
   size_t ahead_storage_ = 0;         // ByteRing storage allocated, all flows
 };
 

@@ -454,6 +454,53 @@ CONFORM_CASE(credit_fields_valid,
         fmt::format("last fwd_cnt {}", last));
 }
 
+// The device owes the guest a CREDIT_UPDATE and the guest has left it no rx
+// buffer to put it in: tx must go on regardless. The guest's data before and
+// after that point must reach the host, and the update must come once rx
+// buffers are back.
+CONFORM_CASE(tx_while_rx_full,
+             .id = "vsock.tx_while_rx_full",
+             .requirements = {"VSOCK-TX-WHILE-RX-FULL", "VSOCK-CREDIT-REQUEST"},
+             .summary = "with no rx buffer left and a CREDIT_UPDATE owed to the guest, the guest's data still reaches "
+                        "the host; the update comes once rx buffers return",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  QemuOptions o;
+  o.post_rx_before_start = false;
+  QemuFrontend q = started(ctx, o);
+  auto& g = q.guest();
+  auto listener = ctx.host().listen(8160);
+  // One rx buffer, for the RESPONSE; none after it.
+  g.hold_rx(true);
+  g.post_rx_buffers(1);
+  g.rx().kick();
+  auto host = open_stream(ctx, g, 8161, 8160, listener.get());
+  GuestConn& c = *g.conn(8161, 8160);
+  check(g.rx().used_idx() == g.rx().dq().avail_idx(), "the RESPONSE in the guest's only rx buffer",
+        "an rx buffer still unused");
+  const size_t part = std::min<size_t>(16384, c.peer_buf_alloc / 4);
+  const std::string first = pattern(part, 10), second = pattern(part, 11);
+  g.write(c, first);
+  std::string got = read_n(host.get(), part, std::min(ctx.remaining_ms(), 2000));
+  check(got == first, fmt::format("the host to read the guest's first {} bytes while rx has no buffer", part),
+        first_difference(first, got));
+  g.send(g.hdr(Op::CREDIT_REQUEST, 8161, 8160));
+  g.wait_until([] { return false; }, ctx.cfg().quiet_window_ms);  // the device finds rx full
+  g.write(c, second);
+  got = read_n(host.get(), part, std::min(ctx.remaining_ms(), 2000));
+  check(got == second,
+        fmt::format("the host to read the guest's next {} bytes, sent while the device owed a CREDIT_UPDATE and had "
+                    "no rx buffer for it",
+                    part),
+        first_difference(second, got));
+  g.hold_rx(false);
+  g.post_rx_buffers();
+  g.rx().kick();
+  auto p = wait_op(ctx, g, Op::CREDIT_UPDATE, 8161);
+  check(p.has_value(), "the owed CREDIT_UPDATE once rx buffers are back", "none within 2 s");
+  expect_no_anomalies(g, "every rx packet well formed");
+}
+
 // ---- RST ----
 
 CONFORM_CASE(rst_unknown_connection,
