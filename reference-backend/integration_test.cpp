@@ -13,6 +13,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "credit.h"
 #include "device_state.h"
 #include "test_guest.h"
 #include "vsock_device.h"
@@ -522,6 +523,54 @@ TEST(Integration, ReadAheadOfAllFlowsTogetherIsBounded) {
     if (f.got.size() % kCredit == 0 || p->hdr.op == op(Op::CREDIT_REQUEST)) give_credit();
   }
   EXPECT_TRUE(f.got == data) << "bytes reordered, lost or repeated";
+}
+
+// Linux (6.12.92 and later) resets a connection that queues more packets
+// than buf_alloc / SKB_TRUESIZE(0), however few bytes they hold (credit.h). A
+// host program writing 100 bytes at a time, each read as it comes, gets the
+// guest its share of packets; then the device asks for credit instead of
+// sending more, and goes on once the guest reports them consumed.
+TEST(Integration, SmallHostWritesStopAtTheGuestsShareOfPackets) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  auto host = start_and_connect(h, l.get(), 64);
+  ASSERT_TRUE(host.valid());
+  const size_t share = g.buf_alloc / PeerCredit::kBytesPerPacket;
+  constexpr size_t kWrite = 100;
+  const auto data = random_bytes(kWrite * (share + 20), 8);
+  std::vector<uint8_t> got;
+  size_t packets = 0, off = 0;
+  bool asked = false;
+  while (off < data.size()) {
+    ASSERT_TRUE(write_all(host.get(), data.data() + off, kWrite));
+    off += kWrite;
+    auto p = g.recv_pkt();
+    ASSERT_TRUE(p) << "nothing for the write ending at " << off;
+    if (p->hdr.op == op(Op::CREDIT_REQUEST)) {
+      asked = true;
+      break;
+    }
+    ASSERT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+    got.insert(got.end(), p->payload.begin(), p->payload.end());
+    ++packets;
+  }
+  ASSERT_TRUE(asked) << packets << " packets of " << kWrite << " bytes sent, the guest's share is " << share;
+  EXPECT_EQ(packets, share);
+  EXPECT_EQ(got.size(), share * kWrite) << "bytes are not what stopped the device";
+  g.send_pkt(g.hdr(2, 5000, 1234, Op::CREDIT_UPDATE));  // all of them consumed
+  for (;;) {
+    auto p = g.recv_pkt();
+    ASSERT_TRUE(p) << "stalled at " << got.size() << " of " << data.size();
+    ASSERT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+    got.insert(got.end(), p->payload.begin(), p->payload.end());
+    if (got.size() >= off) {
+      if (off == data.size()) break;
+      ASSERT_TRUE(write_all(host.get(), data.data() + off, kWrite));
+      off += kWrite;
+    }
+  }
+  EXPECT_TRUE(got == data) << "bytes reordered, lost or repeated";
 }
 
 // The host ends its stream right after its last byte filled the guest's

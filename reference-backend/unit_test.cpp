@@ -20,22 +20,49 @@ std::span<const uint8_t> bytes(const std::string& s) {
 
 TEST(Credit, PeerFreeFollowsTheSpecFormula) {
   PeerCredit c;
-  c.update(1000, 0);
-  EXPECT_EQ(c.available(), 1000u);
-  c.sent(600);
-  EXPECT_EQ(c.available(), 400u);
-  c.update(1000, 500);
-  EXPECT_EQ(c.available(), 900u);
+  c.update(100000, 0);
+  EXPECT_EQ(c.available(), 100000u);
+  c.sent(60000);
+  EXPECT_EQ(c.available(), 40000u);
+  c.update(100000, 50000);
+  EXPECT_EQ(c.available(), 90000u);
 }
 
 TEST(Credit, CountersWrapModulo2To32) {
   PeerCredit c;
   c.tx_cnt = 0xfffffff0u;
-  c.update(64, 0xffffffe0u);
-  EXPECT_EQ(c.available(), 48u);
+  c.update(0x10000, 0xffffffe0u);
+  EXPECT_EQ(c.available(), 0xfff0u);
   c.sent(32);  // wraps
   EXPECT_EQ(c.tx_cnt, 0x10u);
-  EXPECT_EQ(c.available(), 16u);
+  EXPECT_EQ(c.available(), 0xffd0u);
+  c.update(0x10000, 0x10u);  // the packet's end, past the wrap
+  EXPECT_TRUE(c.ends.empty());
+}
+
+// Linux (6.12.92 and later) resets a connection that queues more packets than
+// buf_alloc / SKB_TRUESIZE(0): a peer holding its share of packets has no
+// credit, however few bytes they are, until fwd_cnt passes the oldest.
+TEST(Credit, PacketsArePartOfTheCredit) {
+  PeerCredit c;
+  c.update(8 * PeerCredit::kBytesPerPacket, 0);
+  ASSERT_EQ(c.max_packets(), 8u);
+  for (int i = 0; i < 7; ++i) c.sent(100);
+  EXPECT_EQ(c.packets_left(), 1u);
+  EXPECT_EQ(c.available(), 8 * PeerCredit::kBytesPerPacket - 700);
+  c.sent(100);
+  EXPECT_EQ(c.available(), 0u) << "eight 100-byte packets held: no credit, 7,392 bytes unused";
+  c.update(c.buf_alloc, 150);  // the first packet consumed, half the second
+  EXPECT_EQ(c.packets_left(), 1u);
+  EXPECT_EQ(c.available(), 8 * PeerCredit::kBytesPerPacket - 650);
+  c.update(c.buf_alloc, 800);
+  EXPECT_EQ(c.packets_left(), 8u);
+  // A tiny or a huge buffer: at least one packet, at most kMaxPackets.
+  c.update(100, 800);
+  EXPECT_EQ(c.max_packets(), 1u);
+  EXPECT_EQ(c.available(), 100u);
+  c.update(0xffffffffu, 800);
+  EXPECT_EQ(c.max_packets(), PeerCredit::kMaxPackets);
 }
 
 TEST(Credit, ABogusPeerNeverYieldsHugeCredit) {

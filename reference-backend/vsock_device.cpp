@@ -706,10 +706,8 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     // A short read, or one that took all the socket held, means it is
     // drained: wait for epoll again rather than read it once more for nothing.
     if (got < asked || (queued && got >= queued)) conn.host_readable = false;
-    conn.guest.sent(got);
-    update_interest(conn);
-    note_stalled(conn);
     const auto first = static_cast<uint32_t>(std::min<uint64_t>(got, *n));
+    if (first) conn.guest.sent(first);
     uint32_t rest = got - first;
     for (RxFill& f : rx_batch_) {
       const uint32_t len = std::min(rest, f.room);
@@ -717,10 +715,17 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
       // A buffer the read did not reach (or with no room for data) still
       // carries a packet: the guest gets a header in every buffer it gave
       // that can hold one.
-      if (!f.header_fits) f.written = 0;
-      else if (len) f.written = write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len;
-      else f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
+      if (!f.header_fits) {
+        f.written = 0;
+      } else if (len) {
+        conn.guest.sent(len);
+        f.written = write_packet(f.chain, reply_hdr(conn, Op::RW, 0, len)) + len;
+      } else {
+        f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
+      }
     }
+    update_interest(conn);
+    note_stalled(conn);
     if (first == 0) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));  // a header-only buffer
     return write_packet(c, reply_hdr(conn, Op::RW, 0, first)) + first;
   }
@@ -854,7 +859,9 @@ uint64_t VsockDevice::gather_rx(Connection& conn, uint64_t more, std::vector<iov
   for (const iovec& v : iov) first += v.iov_len;
   if (static_cast<uint64_t>(queued) <= first) return static_cast<uint64_t>(queued);
   more = std::min<uint64_t>(more, static_cast<uint64_t>(queued) - first);
-  while (more > 0 && rx_batch_.size() < kMaxRxBatch && io_.ring_usable(vs::kRxQueue)) {
+  // Each buffer is a packet of its own, within the guest's share (credit.h).
+  while (more > 0 && rx_batch_.size() < kMaxRxBatch && rx_batch_.size() + 1 < conn.guest.packets_left() &&
+         io_.ring_usable(vs::kRxQueue)) {
     auto c = pop_rx();
     if (!c) break;
     const size_t at = iov.size();
