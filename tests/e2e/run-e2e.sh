@@ -6,7 +6,7 @@
 # connection open (steps in common/e2e_proto.h).
 #
 # usage: run-e2e.sh --backend PATH --guest PATH --host PATH [--workdir DIR]
-#                   [--timeout S] [--size BYTES] [--steps g2h,h2g,many,seq,reset] [--stop-cont]
+#                   [--timeout S] [--size BYTES] [--steps g2h,h2g,many,seq,trickle,reset] [--stop-cont]
 #
 # --stop-cont: pause and resume the VM through the HMP monitor (stop-cont.py)
 # again and again while the guest program runs: every vhost-user stop/start
@@ -27,7 +27,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 backend="" guest="" host="" workdir="" timeout=${E2E_TIMEOUT:-300} size=${E2E_SIZE:-67108864}
-steps=${E2E_STEPS:-g2h,h2g,many,seq,reset}
+steps=${E2E_STEPS:-g2h,h2g,many,seq,trickle,reset}
 stop_cont=0
 while (($#)); do
   case "$1" in

@@ -9,6 +9,12 @@
 //   h2g  host sends CONNECT kPortH2G over uds-path, sends a bulk stream, reads a verdict line
 //   many guest opens kManyCount connections in a row to kPortMany: "ping i\n" -> "pong i\n"
 //   seq  guest SOCK_SEQPACKET to kPortSeq: kSeqSizes messages each way, boundaries checked
+//   trickle guest opens a connection to kPortTrickle and reads nothing for kTrickleWaitS s
+//        while the host writes kTrickleWrites x kTrickleWrite bytes, one write a millisecond;
+//        then it reads them all and answers "OK\n" or "BAD <reason>\n". Linux refuses a
+//        packet once (queued + 1) * SKB_TRUESIZE(0) > buf_alloc (since 6.12.92 and the
+//        stable kernels of that fix): a back-end that sends each small write as a packet of
+//        its own, up to the byte credit, loses the connection
 //   reset guest opens a connection to kPortReset ("before reset" -> "ack"), resets its
 //        vsock driver (sysfs unbind + bind: a virtio device reset), then connects again
 //        ("after reset" -> "ack"); the host must see the first connection end (EOF)
@@ -40,6 +46,7 @@ inline constexpr uint32_t kPortH2G = 5002;
 inline constexpr uint32_t kPortMany = 5003;
 inline constexpr uint32_t kPortSeq = 5004;
 inline constexpr uint32_t kPortReset = 5005;
+inline constexpr uint32_t kPortTrickle = 5006;
 
 inline constexpr uint64_t kStreamMagic = 0x314d525453453245ull;  // "E2ESTRM1" little-endian
 inline constexpr uint64_t kSeedG2H = 0x6a09e667f3bcc908ull;
@@ -55,6 +62,14 @@ inline constexpr int kManyCount = 100;
 inline constexpr size_t kSeqSizes[] = {1, 2, 17, 512, 4095, 4096, 4097, 30000, 65536, 3};
 inline constexpr size_t kSeqCount = sizeof(kSeqSizes) / sizeof(kSeqSizes[0]);
 inline constexpr size_t kSeqMax = 65536;
+
+// Above Linux's GOOD_COPY_LEN (128), below which it merges a packet into the
+// one before; 600 packets are more than 256 KiB / 576 (455), yet 180,000
+// bytes are within the 256 KiB credit.
+inline constexpr size_t kTrickleWrite = 300;
+inline constexpr int kTrickleWrites = 600;
+inline constexpr int kTrickleWaitS = 2;
+inline uint8_t trickle_byte(size_t i) { return static_cast<uint8_t>((i * 131) ^ (i >> 9)); }
 
 // Byte j of SEQPACKET message i in direction dir (0 = guest to host, 1 = back).
 inline uint8_t seq_byte(int dir, size_t i, size_t j) {

@@ -8,7 +8,7 @@
 //     starting "OK ", then the byte stream.
 //
 // Usage: vsock-e2e-host --uds PATH [--size BYTES] [--timeout S] [--io-timeout S]
-//                       [--steps g2h,h2g,many,seq,reset]
+//                       [--steps g2h,h2g,many,seq,trickle,reset]
 // Prints "READY" once every listener exists, one "HOST: PASS|FAIL <step> ..."
 // line per step, and exits 0 only when every step passed. --timeout bounds the
 // whole run (the guest boots meanwhile); --io-timeout bounds each socket operation.
@@ -38,7 +38,7 @@ struct Options {
   uint64_t size = e2e::kDefaultSize;
   int timeout = 240;
   int io_timeout = 60;
-  std::string steps = "g2h,h2g,many,seq,reset";
+  std::string steps = "g2h,h2g,many,seq,trickle,reset";
 };
 
 std::mutex g_out;
@@ -218,6 +218,36 @@ bool step_many(const Options& o, int lfd, double deadline) {
   return true;
 }
 
+bool step_trickle(const Options& o, int lfd, double deadline) {
+  Err err;
+  const int fd = accept_until(lfd, deadline, o.io_timeout, err);
+  if (fd < 0) {
+    report(false, "trickle", "%s", err.c_str());
+    return false;
+  }
+  const double t0 = e2e::now_s();
+  std::vector<uint8_t> chunk(e2e::kTrickleWrite);
+  Err e;
+  for (int i = 0; i < e2e::kTrickleWrites && e.empty(); ++i) {
+    for (size_t j = 0; j < chunk.size(); ++j) chunk[j] = e2e::trickle_byte(i * chunk.size() + j);
+    e = e2e::write_all(fd, chunk.data(), chunk.size());
+    ::usleep(1000);  // each write reaches the back-end on its own
+  }
+  const double t1 = e2e::now_s();
+  std::string line;
+  if (e.empty()) e = e2e::read_line(fd, line);
+  if (e.empty() && line != "OK") e = "the guest says '" + line + "'";
+  if (e.empty()) e = e2e::finish(fd, 10);
+  ::close(fd);
+  if (!e.empty()) {
+    report(false, "trickle", "%s", e.c_str());
+    return false;
+  }
+  report(true, "trickle", "%d writes of %zu bytes in %.2f s, the guest read them intact", e2e::kTrickleWrites,
+         e2e::kTrickleWrite, t1 - t0);
+  return true;
+}
+
 bool step_seq(const Options& o, int lfd, double deadline) {
   Err err;
   const int fd = accept_until(lfd, deadline, o.io_timeout, err);
@@ -315,7 +345,7 @@ bool step_reset(const Options& o, int lfd, double deadline) {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "vsock-e2e-host: %s\nusage: vsock-e2e-host --uds PATH [--size BYTES] [--timeout S] [--io-timeout S] "
-               "[--steps g2h,h2g,many,seq,reset]\n",
+               "[--steps g2h,h2g,many,seq,trickle,reset]\n",
                why);
   std::exit(2);
 }
@@ -347,7 +377,7 @@ int main(int argc, char** argv) {
     int type;
     int fd = -1;
   } ls[] = {{"g2h", e2e::kPortG2H, SOCK_STREAM}, {"many", e2e::kPortMany, SOCK_STREAM}, {"seq", e2e::kPortSeq, SOCK_SEQPACKET},
-                {"reset", e2e::kPortReset, SOCK_STREAM}};
+                {"reset", e2e::kPortReset, SOCK_STREAM}, {"trickle", e2e::kPortTrickle, SOCK_STREAM}};
   for (L& l : ls) {
     if (!wants(o, l.step)) continue;
     Err err;
@@ -379,6 +409,10 @@ int main(int argc, char** argv) {
   if (ls[3].fd >= 0)
     threads.emplace_back([&] {
       if (!step_reset(o, ls[3].fd, deadline)) ok = false;
+    });
+  if (ls[4].fd >= 0)
+    threads.emplace_back([&] {
+      if (!step_trickle(o, ls[4].fd, deadline)) ok = false;
     });
   for (auto& t : threads) t.join();
   for (L& l : ls)
