@@ -12,13 +12,15 @@ namespace vsockref {
 // What the device may send to one side of a stream.
 //
 // Bytes, as the spec meters them, and RW packets too. Linux since 6.12.92
-// also bounds the packets it queues for a socket: it resets the connection
-// once (queued + 1) * SKB_TRUESIZE(0) exceeds buf_alloc, 576 bytes a packet
-// on x86-64 and arm64 (libkrun #795, gominimal/minimal #926). Credit does not
-// express that ceiling, and a host program that writes a few hundred bytes
-// at a time would reach it with most of the byte window unused. So each RW
-// packet's end is kept until the peer's fwd_cnt passes it, and a peer holding
-// its share of packets has no credit, as one holding buf_alloc bytes has none.
+// (and the stable kernels of the same fix) also bounds the packets it queues
+// for a socket: it refuses one once (queued + 1) * SKB_TRUESIZE(0) exceeds
+// buf_alloc, dropping its data or resetting the connection; SKB_TRUESIZE(0)
+// is 576 bytes on arm64 (libkrun #795, gominimal/minimal #926). Credit does
+// not express that ceiling, and a host program that writes a few hundred
+// bytes at a time would reach it with most of the byte window unused. So
+// each RW packet's end is kept until the peer's fwd_cnt passes it, and a peer
+// holding its share of packets has no credit, as one holding buf_alloc bytes
+// has none.
 struct PeerCredit {
   // 1 KiB a packet leaves a margin over 576 for other layouts of struct
   // sk_buff; at most kMaxPackets are counted, whatever buf_alloc says.
