@@ -501,18 +501,27 @@ class Guest {
         if (h) handle(*h, ram_.host(gpa) + vs::kHdrSize, e->len - vs::kHdrSize);
       }
       post_rx(gpa);
+      // Each packet stands for one read by the application. Linux's
+      // virtio_transport_stream_do_dequeue() tells the peer about freed
+      // space after a read that leaves less than a packet's worth
+      // (VIRTIO_VSOCK_MAX_PKT_BUF_SIZE) of the buffer unannounced...
+      const uint32_t unannounced = conn_.fwd_cnt - conn_.fwd_announced;
+      if (conn_.established && unannounced && o_.buf_alloc - std::min(unannounced, o_.buf_alloc) < kMaxPkt)
+        credit_update();
     }
     if (any) {
       rxq_.publish();
       if (rxq_.needs_kick(rx_published_)) kick(0);
       rx_published_ = rxq_.avail_idx();
-      // Linux tells the peer about freed space once a packet's worth is consumed.
-      if (conn_.established && conn_.fwd_cnt - conn_.fwd_announced >= std::min(kMaxPkt, o_.buf_alloc / 2)) {
-        queue_pkt(make_hdr(vs::Op::CREDIT_UPDATE, 0));
-        flush_tx();
-      }
+      // ...or that drains its receive queue (fewer bytes than SO_RCVLOWAT, 1).
+      if (conn_.established && conn_.fwd_cnt != conn_.fwd_announced) credit_update();
     }
     return any;
+  }
+
+  void credit_update() {
+    queue_pkt(make_hdr(vs::Op::CREDIT_UPDATE, 0));
+    flush_tx();
   }
 
   void handle(const vs::Hdr& h, const uint8_t* payload, uint32_t avail) {
