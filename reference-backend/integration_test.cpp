@@ -573,6 +573,35 @@ TEST(Integration, SmallHostWritesStopAtTheGuestsShareOfPackets) {
   EXPECT_TRUE(got == data) << "bytes reordered, lost or repeated";
 }
 
+// The host's bytes end exactly where the guest's credit does: nothing more is
+// there to send, so the device asks for no credit. When a byte follows, it
+// asks, and the byte comes once credit does.
+TEST(Integration, NoCreditRequestWhenTheHostsBytesEndWithTheCredit) {
+  Harness h;
+  auto l = listen_port(h.cfg.uds_path, 1234);
+  Guest& g = *h.guest;
+  g.buf_alloc = 1000;  // less than an rx buffer holds: one read takes it all
+  auto host = start_and_connect(h, l.get(), 8);
+  ASSERT_TRUE(host.valid());
+  const auto data = random_bytes(g.buf_alloc + 1, 9);
+  ASSERT_TRUE(write_all(host.get(), data.data(), g.buf_alloc));
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::RW));
+  ASSERT_EQ(p->hdr.len, g.buf_alloc);
+  p = g.recv_pkt(300ms);
+  EXPECT_FALSE(p) << "asked for credit with nothing to send: " << vhu::vsock::describe(p->hdr);
+  ASSERT_TRUE(write_all(host.get(), data.data() + g.buf_alloc, 1));
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, op(Op::CREDIT_REQUEST)) << vhu::vsock::describe(p->hdr);
+  g.send_pkt(g.hdr(2, 5000, 1234, Op::CREDIT_UPDATE));
+  p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+  EXPECT_EQ(p->payload, std::vector<uint8_t>(data.end() - 1, data.end()));
+}
+
 // The host ends its stream right after its last byte filled the guest's
 // window: SHUTDOWN takes no credit, so the guest hears of the end without
 // having to return credit first (a guest application waiting for the end

@@ -724,6 +724,13 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
         f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
       }
     }
+    // A full read that spent the last of the credit, the socket's size not
+    // known: ask it, so that a CREDIT_REQUEST goes out only for bytes that
+    // are there (one ioctl per credit window, none while credit lasts).
+    int left = 0;
+    if (conn.host_readable && !queued && conn.guest.available() == 0 &&
+        ::ioctl(conn.host.get(), SIOCINQ, &left) == 0 && left == 0)
+      conn.host_readable = false;
     update_interest(conn);
     note_stalled(conn);
     if (first == 0) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));  // a header-only buffer
