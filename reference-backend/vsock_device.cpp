@@ -38,6 +38,13 @@ constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message w
 
 uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
 
+// Bytes waiting in a host socket (SIOCINQ); -1 when it cannot tell. We are
+// the socket's only reader, so they stay there until we read them.
+int socket_queued(int fd) {
+  int n = 0;
+  return ::ioctl(fd, SIOCINQ, &n) == 0 ? n : -1;
+}
+
 // The corrupt_stream_at_64k fault: flips the flow's 65,537th byte if it is
 // among the `n` about to go to the guest from `iov`.
 void corrupt_at_64k(const Connection& conn, const iovec* iov, size_t count, uint64_t n) {
@@ -494,14 +501,15 @@ namespace {
 bool takes_host_data(const Connection& c) {
   return c.state == ConnState::Established && c.host && !c.guest_no_more_rcv && !c.want_rst;
 }
+// STREAM host bytes wait for the guest: in the socket, or read ahead.
+bool host_bytes_waiting(const Connection& c) { return c.host_readable || !c.ahead.empty(); }
 bool data_ready(const Connection& c) {
   if (!takes_host_data(c)) return false;
   if (c.in_msg_valid) return c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit);
-  return (c.host_readable || !c.ahead.empty()) && (c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit));
+  return host_bytes_waiting(c) && (c.guest.available() > 0 || VSOCKREF_FAULT(exceed_credit));
 }
 bool credit_request_due(const Connection& c) {
-  return c.state == ConnState::Established && c.host && (c.host_readable || !c.ahead.empty()) &&
-         !c.guest_no_more_rcv && c.guest.available() == 0 && !c.credit_request_sent;
+  return takes_host_data(c) && host_bytes_waiting(c) && c.guest.available() == 0 && !c.credit_request_sent;
 }
 bool has_packet(const Connection& c) {
   return c.want_rst || c.want_request || c.want_response || c.want_credit_update || c.want_shutdown != 0 ||
@@ -703,9 +711,6 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   if (r > 0) {
     const auto got = static_cast<uint32_t>(r);
     corrupt_at_64k(conn, iov.data(), iov.size(), got);
-    // A short read, or one that took all the socket held, means it is
-    // drained: wait for epoll again rather than read it once more for nothing.
-    if (got < asked || (queued && got >= queued)) conn.host_readable = false;
     const auto first = static_cast<uint32_t>(std::min<uint64_t>(got, *n));
     if (first) conn.guest.sent(first);
     uint32_t rest = got - first;
@@ -724,12 +729,13 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
         f.written = write_packet(f.chain, reply_hdr(conn, Op::CREDIT_UPDATE));
       }
     }
-    // A full read that spent the last of the credit, the socket's size not
-    // known: ask it, so that a CREDIT_REQUEST goes out only for bytes that
-    // are there (one ioctl per credit window, none while credit lasts).
-    int left = 0;
-    if (conn.host_readable && !queued && conn.guest.available() == 0 &&
-        ::ioctl(conn.host.get(), SIOCINQ, &left) == 0 && left == 0)
+    // A short read, or one that took all the socket held, means it is
+    // drained: wait for epoll again rather than read it once more for nothing.
+    // After a full read that spent the last of the credit, the socket's size
+    // not known, ask it, so that a CREDIT_REQUEST goes out only for bytes
+    // that are there (one ioctl per credit window, none while credit lasts).
+    if (got < asked || (queued && got >= queued) ||
+        (!queued && conn.guest.available() == 0 && socket_queued(conn.host.get()) == 0))
       conn.host_readable = false;
     update_interest(conn);
     note_stalled(conn);
@@ -805,13 +811,13 @@ void VsockDevice::read_ahead() {
 
 void VsockDevice::read_ahead(Connection& conn) {
   if (!takes_host_data(conn) || !conn.host_readable || conn.guest.available() > 0 || conn.ahead.space() == 0) return;
-  // Only bytes the socket holds (we are its only reader, so they stay): a
-  // read that returned 0, the host's end of stream, must reach the guest
-  // after the bytes read ahead. With none read ahead, end_of_stream_check()
-  // looks for the end; otherwise fill_data() meets it once they are sent.
-  int queued = 0;
-  if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0) return;
-  if (queued <= 0) {
+  // Only bytes the socket holds: a read that returned 0, the host's end of
+  // stream, must reach the guest after the bytes read ahead. With none read
+  // ahead, end_of_stream_check() looks for the end; otherwise fill_data()
+  // meets it once they are sent.
+  const int queued = socket_queued(conn.host.get());
+  if (queued < 0) return;
+  if (queued == 0) {
     if (conn.ahead.empty()) end_of_stream_check(conn);
     return;
   }
@@ -859,8 +865,8 @@ void VsockDevice::end_of_stream_check(Connection& conn) {
 // be given back unused, so only as many are taken as the socket holds bytes
 // for (we are its only reader, so those bytes stay until we read them).
 uint64_t VsockDevice::gather_rx(Connection& conn, uint64_t more, std::vector<iovec>& iov) {
-  int queued = 0;
-  if (::ioctl(conn.host.get(), SIOCINQ, &queued) != 0 || queued <= 0) return 0;
+  const int queued = socket_queued(conn.host.get());
+  if (queued <= 0) return 0;
   // The first buffer's room is already in `iov`.
   uint64_t first = 0;
   for (const iovec& v : iov) first += v.iov_len;
