@@ -45,8 +45,6 @@ void VsockGuest::reset_rings(int rx_region, int tx_region) {
   backlog_.clear();
   conns_.clear();
   framed_head_.reset();
-  rx_pieces_.clear();
-  rx_framing_.clear();
   init_pools();
 }
 
@@ -74,17 +72,8 @@ unsigned VsockGuest::post_rx_buffers(unsigned max) {
     auto head = rx_.dq().add(bufs);
     if (!head) throw std::runtime_error("suite bug: rx add: " + head.message());
     rx_pool_.pop_back();
-    rx_inflight_[*head] = gpa;
-    uint32_t size = 0;
-    for (const auto& b : bufs) size += b.len;
-    rx_size_[*head] = size;
-    rx_pieces_.erase(*head);
-    rx_framing_.erase(*head);
-    if (framing >= 0) {
-      rx_pieces_[*head] = std::move(bufs);
-      rx_framing_[*head] = framing;
-      ++rx_framed_posted_;
-    }
+    rx_inflight_[*head] = RxPosted{gpa, std::move(bufs), framing};
+    rx_framed_posted_ += framing >= 0;
     ++rx_posted_;
     small_rx_posted_ += small;
     ++n;
@@ -126,12 +115,7 @@ void VsockGuest::send_framed(const vs::Hdr& h0, std::span<const uint8_t> payload
       }, 2000))
     fail("the back-end to consume tx buffers", "the tx ring stayed full for 2 s");
   if (!framed_gpa_) framed_gpa_ = ram_.alloc(kFramedArea, 64, 0);
-  vs::Hdr h = h0;
-  h.len = static_cast<uint32_t>(payload.size());
-  if (auto* c = conn(h.src_port, h.dst_port)) {
-    h.buf_alloc = c->buf_alloc;
-    h.fwd_cnt = c->fwd_cnt;
-  }
+  const vs::Hdr h = packet_hdr(h0, payload.size());
   std::vector<uint8_t> bytes(total);
   vs::encode(h, std::span<uint8_t, vs::kHdrSize>(bytes.data(), vs::kHdrSize));
   if (!payload.empty()) std::memcpy(bytes.data() + vs::kHdrSize, payload.data(), payload.size());
@@ -147,12 +131,26 @@ void VsockGuest::send_framed(const vs::Hdr& h0, std::span<const uint8_t> payload
     bufs[i] = {at, pieces[i], false};
     at += (pieces[i] + 64 + 63) & ~uint64_t{63};
   }
+  framed_head_ = add_tx(bufs, indirect, true);
+}
+
+vs::Hdr VsockGuest::packet_hdr(const vs::Hdr& h0, size_t len) {
+  vs::Hdr h = h0;
+  h.len = static_cast<uint32_t>(len);
+  if (auto* c = conn(h.src_port, h.dst_port)) {
+    h.buf_alloc = c->buf_alloc;
+    h.fwd_cnt = c->fwd_cnt;
+  }
+  return h;
+}
+
+uint16_t VsockGuest::add_tx(std::span<const vhu::DriverBuffer> bufs, bool indirect, bool kick) {
   const uint16_t old = tx_.dq().avail_idx();
   auto head = tx_.dq().add(bufs, indirect);
   if (!head) throw std::runtime_error("suite bug: tx add: " + head.message());
-  framed_head_ = *head;
   tx_.dq().publish();
-  if (tx_.dq().needs_kick(old)) tx_.kick();
+  if (kick && tx_.dq().needs_kick(old)) tx_.kick();
+  return *head;
 }
 
 vs::Hdr VsockGuest::hdr(vs::Op op, uint32_t src_port, uint32_t dst_port, uint32_t len) const {
@@ -190,12 +188,7 @@ unsigned VsockGuest::reclaim_tx() {
 
 void VsockGuest::send(const vs::Hdr& h0, std::span<const uint8_t> payload, bool kick) {
   if (payload.size() + vs::kHdrSize > kBufSize) throw std::runtime_error("suite bug: vsock packet too large");
-  vs::Hdr h = h0;
-  h.len = static_cast<uint32_t>(payload.size());
-  if (auto* c = conn(h.src_port, h.dst_port)) {
-    h.buf_alloc = c->buf_alloc;
-    h.fwd_cnt = c->fwd_cnt;
-  }
+  const vs::Hdr h = packet_hdr(h0, payload.size());
   if (tx_pool_.empty() || tx_.dq().num_free() == 0) reclaim_tx();
   if (tx_pool_.empty() || tx_.dq().num_free() == 0)
     wait_until([&] { return reclaim_tx() > 0 || (!tx_pool_.empty() && tx_.dq().num_free() > 0); }, 2000);
@@ -205,14 +198,9 @@ void VsockGuest::send(const vs::Hdr& h0, std::span<const uint8_t> payload, bool 
   uint8_t* p = ram_.host(gpa, kBufSize);
   vs::encode(h, std::span<uint8_t, vs::kHdrSize>(p, vs::kHdrSize));
   if (!payload.empty()) std::memcpy(p + vs::kHdrSize, payload.data(), payload.size());
-  vhu::DriverBuffer b{gpa, static_cast<uint32_t>(vs::kHdrSize + payload.size()), false};
-  uint16_t old = tx_.dq().avail_idx();
-  auto head = tx_.dq().add({&b, 1});
-  if (!head) throw std::runtime_error("suite bug: tx add: " + head.message());
+  const vhu::DriverBuffer b{gpa, static_cast<uint32_t>(vs::kHdrSize + payload.size()), false};
+  tx_inflight_[add_tx({&b, 1}, false, kick)] = gpa;
   tx_pool_.pop_back();
-  tx_inflight_[*head] = gpa;
-  tx_.dq().publish();
-  if (kick && tx_.dq().needs_kick(old)) tx_.kick();
 }
 
 std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
@@ -224,25 +212,25 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
       anomalies_.push_back(fmt::format("rx used id {} was not in flight", u->id));
       continue;
     }
+    const RxPosted& posted = it->second;
     RxPacket p;
     p.used_len = u->len;
-    const uint8_t* buf = ram_.host(it->second, kBufSize);
+    p.framing = posted.framing;
+    const uint8_t* buf = ram_.host(posted.gpa, kBufSize);
     std::vector<uint8_t> gathered;
-    if (auto pc = rx_pieces_.find(static_cast<uint16_t>(u->id)); pc != rx_pieces_.end()) {
+    uint32_t size = 0;
+    for (const auto& d : posted.descs) size += d.len;
+    if (posted.descs.size() > 1) {
       // A framed buffer reads as its descriptors in chain order.
       gathered.resize(kBufSize);
       size_t off = 0;
-      for (const auto& d : pc->second) {
+      for (const auto& d : posted.descs) {
         std::memcpy(gathered.data() + off, ram_.host(d.gpa, d.len), d.len);
         off += d.len;
       }
       buf = gathered.data();
-      p.framing = rx_framing_[pc->first];
-      rx_framing_.erase(pc->first);
-      rx_pieces_.erase(pc);
     }
     auto h = vs::decode({buf, vs::kHdrSize});
-    const uint32_t size = rx_size_[static_cast<uint16_t>(u->id)];
     if (u->len > size) {
       anomalies_.push_back(fmt::format(
           "rx used len {} beyond its {}-byte buffer (the device must have written at least len bytes)", u->len, size));
@@ -260,7 +248,7 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
       handle(p);
       out.push_back(p);
     }
-    rx_pool_.push_back(it->second);
+    rx_pool_.push_back(posted.gpa);
     rx_inflight_.erase(it);
   }
   if (repost && !hold_rx_ && !out.empty()) {
@@ -387,10 +375,9 @@ void VsockGuest::accept(uint32_t local_port, uint32_t host_port) {
 void VsockGuest::write(GuestConn& c, std::string_view data, bool kick) {
   const size_t chunk = kBufSize - vs::kHdrSize;
   while (!data.empty()) {
-    auto credit = [&] { return c.peer_buf_alloc - (c.tx_cnt - c.peer_fwd_cnt); };
-    if (credit() == 0 && !wait_until([&] { return credit() > 0 || c.reset; }, 2000))
+    if (c.peer_credit() == 0 && !wait_until([&] { return c.peer_credit() > 0 || c.reset; }, 2000))
       fail("credit from the peer to send more data", "no CREDIT_UPDATE within 2 s");
-    size_t n = std::min<size_t>({data.size(), chunk, static_cast<size_t>(credit())});
+    size_t n = std::min<size_t>({data.size(), chunk, static_cast<size_t>(c.peer_credit())});
     send(conn_hdr(c, vs::Op::RW), {reinterpret_cast<const uint8_t*>(data.data()), n}, kick);
     c.tx_cnt += static_cast<uint32_t>(n);
     data.remove_prefix(n);
@@ -398,10 +385,9 @@ void VsockGuest::write(GuestConn& c, std::string_view data, bool kick) {
 }
 
 void VsockGuest::write_framed(GuestConn& c, std::string_view data, std::span<const uint32_t> pieces, bool indirect) {
-  auto credit = [&] { return c.peer_buf_alloc - (c.tx_cnt - c.peer_fwd_cnt); };
-  if (credit() < data.size() && !wait_until([&] { return credit() >= data.size() || c.reset; }, 2000))
+  if (c.peer_credit() < data.size() && !wait_until([&] { return c.peer_credit() >= data.size() || c.reset; }, 2000))
     fail(fmt::format("credit from the peer for a {}-byte packet", data.size()),
-         fmt::format("{} bytes of credit after 2 s", credit()));
+         fmt::format("{} bytes of credit after 2 s", c.peer_credit()));
   send_framed(conn_hdr(c, vs::Op::RW), {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, pieces, indirect);
   c.tx_cnt += static_cast<uint32_t>(data.size());
 }

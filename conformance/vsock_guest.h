@@ -40,6 +40,9 @@ struct GuestConn {
   uint32_t peer_fwd_cnt = 0;
   uint32_t tx_cnt = 0;         // bytes the guest sent
   std::string received;
+
+  // What the peer's last header lets the guest send.
+  uint32_t peer_credit() const { return peer_buf_alloc - (tx_cnt - peer_fwd_cnt); }
 };
 
 class VsockGuest {
@@ -115,18 +118,27 @@ class VsockGuest {
   void handle(const RxPacket& p);
   void init_pools();
   vhu::vsock::Hdr conn_hdr(const GuestConn& c, vhu::vsock::Op op) const;
+  // `h0` with len = `len` and, on a known connection, its credit fields.
+  vhu::vsock::Hdr packet_hdr(const vhu::vsock::Hdr& h0, size_t len);
+  // Makes one tx chain available, kicking when the device asks (`kick`).
+  uint16_t add_tx(std::span<const vhu::DriverBuffer> bufs, bool indirect, bool kick);
 
   GuestRam& ram_;
   uint64_t cid_;
   GuestQueue rx_, tx_;
   std::vector<uint64_t> rx_pool_, tx_pool_;  // buffer gpas not in a ring
-  std::map<uint16_t, uint64_t> rx_inflight_, tx_inflight_;  // head -> buffer gpa
-  std::map<uint16_t, uint32_t> rx_size_;                    // head -> bytes the descriptor gives
+  // An rx buffer in the ring: its pool buffer, the descriptors it was posted
+  // as, and which of rx_framings_ those follow (-1: none).
+  struct RxPosted {
+    uint64_t gpa = 0;
+    std::vector<vhu::DriverBuffer> descs;
+    int framing = -1;
+  };
+  std::map<uint16_t, RxPosted> rx_inflight_;  // by head
+  std::map<uint16_t, uint64_t> tx_inflight_;  // head -> buffer gpa
   bool hold_rx_ = false;
   std::vector<std::vector<uint32_t>> rx_framings_;
   unsigned rx_framed_posted_ = 0;
-  std::map<uint16_t, std::vector<vhu::DriverBuffer>> rx_pieces_;  // head -> descriptors, when framed
-  std::map<uint16_t, int> rx_framing_;                              // head -> index into rx_framings_
   uint64_t framed_gpa_ = 0;                                 // send_framed()'s packet memory
   std::optional<uint16_t> framed_head_;                     // its packet, until used
   unsigned small_rx_every_ = 0, rx_posted_ = 0, small_rx_posted_ = 0, small_rx_returned_ = 0;

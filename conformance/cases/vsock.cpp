@@ -133,6 +133,21 @@ std::string guest_to_host(VsockGuest& g, GuestConn& c, int host_fd, const std::s
   return got;
 }
 
+// The host program writes `data` for up to `ms` while the guest takes it on
+// `c`, first letting it pile up in the host socket for `hold_ms`; returns
+// whether the back-end took it all. The guest stops at its first anomaly,
+// which the caller reports.
+bool host_to_guest(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::string& data, int ms,
+                   int hold_ms = 0) {
+  bool written = false;
+  std::jthread writer([&] { written = write_for(host_fd, data, ms); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
+  g.wait_until([&] { return c.received.size() >= data.size() || c.reset || !g.anomalies().empty(); },
+               std::min(ctx.remaining_ms(), ms));
+  writer.join();
+  return written;
+}
+
 // ---- config ----
 
 CONFORM_CASE(config_guest_cid,
@@ -207,13 +222,7 @@ CONFORM_CASE(stream_small_rx_buffers,
   HostOpened s(ctx, 8201, 1024 * 1024);
   s.g.interleave_small_rx(2, 16);
   const std::string data = pattern(1024 * 1024, 3);
-  bool written = false;
-  {
-    std::jthread writer([&] { written = write_for(s.host.get(), data, 6000); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(ctx.cfg().quiet_window_ms));
-    s.g.wait_until([&] { return s.c.received.size() >= data.size() || s.c.reset || !s.g.anomalies().empty(); },
-                   std::min(ctx.remaining_ms(), 6000));
-  }
+  const bool written = host_to_guest(ctx, s.g, s.c, s.host.get(), data, 6000, ctx.cfg().quiet_window_ms);
   ctx.note(fmt::format("{} small rx buffers posted, {} given back empty", s.g.small_rx_posted(),
                        s.g.small_rx_returned()));
   expect_no_anomalies(s.g, "every used rx length within its buffer, every packet well formed");
@@ -314,12 +323,7 @@ CONFORM_CASE(rx_any_framing,
   auto host = ctx.host().connect(8250);
   GuestConn& c = accept_host(ctx, g, host.get(), 8250, 1024 * 1024);
   const std::string data = pattern(1024 * 1024, 9);
-  bool written = false;
-  {
-    std::jthread writer([&] { written = write_for(host.get(), data, 6000); });
-    g.wait_until([&] { return c.received.size() >= data.size() || c.reset || !g.anomalies().empty(); },
-                 std::min(ctx.remaining_ms(), 6000));
-  }
+  const bool written = host_to_guest(ctx, g, c, host.get(), data, 6000);
   expect_no_anomalies(g, "every used rx length within its buffer, every packet well formed");
   // Which framing the first wrong payload came in, and how much each carried.
   std::vector<size_t> carried(framings.size());

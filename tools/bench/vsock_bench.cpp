@@ -547,8 +547,7 @@ class Guest {
         conn_.fwd_cnt += h.len;
         break;
       case vs::Op::CREDIT_REQUEST:
-        queue_pkt(make_hdr(vs::Op::CREDIT_UPDATE, 0));
-        flush_tx();
+        credit_update();
         break;
       case vs::Op::RST:
         conn_.reset = true;
