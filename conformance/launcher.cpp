@@ -238,10 +238,37 @@ std::string Backend::status_text() {
   return "ended";
 }
 
-void Backend::terminate(int grace_ms) {
+void Backend::send_signal(int sig) {
   if (pid_ <= 0) return;
   reap(WNOHANG);
   if (exited_) return;
+  we_signalled_ = true;
+  ::kill(pid_, sig);
+}
+
+bool Backend::wait_exit(int ms) {
+  if (pid_ <= 0) return false;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  for (;;) {
+    reap(WNOHANG);
+    if (exited_) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+    ::usleep(2000);
+  }
+}
+
+void Backend::terminate(int grace_ms) {
+  if (pid_ <= 0) return;
+  reap(WNOHANG);
+  if (exited_) {
+    // A child it left in its group (one that daemonized by forking) would
+    // keep serving the socket and hold our stderr pipe open for ever. A
+    // group's id is not reused while it has members, so this reaches only
+    // what the back-end left.
+    if (!group_killed_) ::kill(-pid_, SIGKILL);
+    group_killed_ = true;
+    return;
+  }
   we_signalled_ = true;
   ::kill(-pid_, SIGTERM);
   auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);

@@ -91,8 +91,14 @@ class Backend {
   // Waits up to ms for the back-end's stderr to end (it exited), so a
   // sanitizer report printed while dying is read in full. True when it ended.
   bool wait_stderr_closed(int ms) const;
-  // SIGTERM, up to grace_ms for it to end, then SIGKILL. Idempotent.
+  // SIGTERM, up to grace_ms for it to end, then SIGKILL. Idempotent. What
+  // is left of its process group after it ended is killed too.
   void terminate(int grace_ms = 1000);
+  // `sig` to the started process alone (not its group); its end then counts
+  // as ours, not a crash.
+  void send_signal(int sig);
+  // Up to ms for the started process to end. True when it has.
+  bool wait_exit(int ms);
   // From another thread: SIGKILL now (hung back-end / case over its time).
   void kill_now();
   // Number of open fds of the spawned process (/proc), or -1.
@@ -109,6 +115,7 @@ class Backend {
   pid_t pid_ = -1;
   std::atomic<bool> exited_{false};
   std::atomic<bool> we_signalled_{false};
+  bool group_killed_ = false;
   int wstatus_ = 0;
   std::mutex wait_mu_;
   vhu::UniqueFd stderr_rd_;

@@ -1,7 +1,10 @@
 #include "launcher.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <fstream>
 #include <string>
 #include <utility>
 
@@ -91,6 +94,48 @@ TEST(Backend, SecondVmOfASpawnedBackend) {
   EXPECT_TRUE((*b)->alive());
   (*b)->terminate(1000);
   EXPECT_FALSE((*v)->alive());
+}
+
+// A back-end that daemonizes: the started process exits 0 and leaves a child
+// in its group. Stopping the back-end must take the child too, or it would
+// live on, and the stderr pipe it holds would never close (the Backend's
+// destructor waits for it).
+TEST(Backend, TerminateTakesWhatAnExitedProcessLeftInItsGroup) {
+  auto b = Backend::launch(spawn_spec("sh -c 'echo $$ > {dir}/child.pid; exec sleep 30' & exit 0"), 5);
+  ASSERT_TRUE(b) << b.message();
+  const std::string pidfile = (*b)->placeholders().dir + "/child.pid";
+  pid_t child = 0;
+  for (int i = 0; i < 2000 && child <= 0; ++i) {
+    std::ifstream in(pidfile);
+    if (!(in >> child)) child = 0;
+    if (child <= 0) ::usleep(1000);
+  }
+  ASSERT_GT(child, 0) << "no " << pidfile;
+  ASSERT_TRUE((*b)->wait_exit(2000));
+  EXPECT_EQ((*b)->status_text(), "exited with status 0");
+  (*b)->terminate(10);
+  // Killed: gone, or a zombie until whoever inherited it reaps it.
+  bool gone = false;
+  for (int i = 0; i < 2000 && !gone; ++i) {
+    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
+    std::string pid, comm, state;
+    gone = !(stat >> pid >> comm >> state) || state == "Z";
+    if (!gone) ::usleep(1000);
+  }
+  EXPECT_TRUE(gone) << "pid " << child << " outlived terminate()";
+  if (!gone) ::kill(child, SIGKILL);
+}
+
+// send_signal reaches the started process alone, and its end is ours: not a
+// crash.
+TEST(Backend, SignalSentByTheRunnerIsNoCrash) {
+  auto b = Backend::launch(spawn_spec("sleep 30"), 5);
+  ASSERT_TRUE(b) << b.message();
+  EXPECT_FALSE((*b)->wait_exit(20));
+  (*b)->send_signal(SIGTERM);
+  ASSERT_TRUE((*b)->wait_exit(2000));
+  EXPECT_FALSE((*b)->crashed());
+  EXPECT_NE((*b)->status_text().find("SIGTERM"), std::string::npos) << (*b)->status_text();
 }
 
 // A back-end that connects to its sockets finds the runner listening on

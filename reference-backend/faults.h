@@ -100,7 +100,9 @@
   X(drop_fds_when_pipelined, "loses the fds of a SET_MEM_TABLE read in the same burst as the SET_OWNER before it") \
   X(block_on_connect_line, "reads a host CONNECT line with blocking reads, stalling the whole back-end") \
   X(stall_on_unready_rx, "stalls its loop 3 s when host traffic waits for an rx ring not started") \
-  X(credit_update_before_response, "follows its REQUEST with a CREDIT_UPDATE before the guest's RESPONSE")
+  X(credit_update_before_response, "follows its REQUEST with a CREDIT_UPDATE before the guest's RESPONSE") \
+  X(ignore_sigterm, "goes on serving after SIGTERM (SIGINT still ends it)")                          \
+  X(daemonize, "forks once its sockets are set up; the parent exits 0 and the child serves")
 
 namespace vsockref {
 

@@ -5,6 +5,8 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,6 +39,10 @@ int main(int argc, char** argv) {
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
+  if (VSOCKREF_FAULT(ignore_sigterm)) {
+    sigdelset(&mask, SIGTERM);
+    ::signal(SIGTERM, SIG_IGN);
+  }
   sigprocmask(SIG_BLOCK, &mask, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   vhu::UniqueFd sfd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -60,6 +66,11 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "CID {}: {}\n", cfg.guest_cid, r.message());
       return 1;
     }
+  }
+  if (VSOCKREF_FAULT(daemonize)) {
+    const pid_t child = ::fork();
+    if (child < 0) VLOG(Error, "fork: {}", std::strerror(errno));
+    if (child > 0) ::_exit(0);
   }
   loop.run();
   running.clear();
