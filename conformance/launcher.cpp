@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -53,9 +54,41 @@ std::string substitute(const std::string& command, const Placeholders& p) {
 }
 
 namespace {
+// `exec COMMAND` through /bin/sh, stdin /dev/null, in a process group of its
+// own (so a shell pipeline dies as a whole), signals at their defaults.
+vhu::Result<pid_t> spawn_shell(const std::string& command, int out_fd, int err_fd) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
+  posix_spawn_file_actions_adddup2(&fa, err_fd, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attr, 0);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  std::string shell_cmd = "exec " + command;
+  const char* argv[] = {"/bin/sh", "-c", shell_cmd.c_str(), nullptr};
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, "/bin/sh", &fa, &attr, const_cast<char* const*>(argv), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return Err(fmt::format("posix_spawn /bin/sh -c '{}': {}", command, std::strerror(rc)));
+  return pid;
+}
+
 std::string signal_name(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   return abbrev ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
+}
+std::string wait_status_text(int st) {
+  if (WIFEXITED(st)) return fmt::format("exited with status {}", WEXITSTATUS(st));
+  if (WIFSIGNALED(st)) return "killed by " + signal_name(WTERMSIG(st));
+  return "ended";
 }
 }  // namespace
 
@@ -102,29 +135,9 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
   b->stderr_rd_.reset(p[0]);
   UniqueFd wr(p[1]);
 
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&fa, wr.get(), 1);
-  posix_spawn_file_actions_adddup2(&fa, wr.get(), 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // Its own process group, so a shell pipeline dies as a whole.
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  std::string shell_cmd = "exec " + b->command_;
-  const char* argv[] = {"/bin/sh", "-c", shell_cmd.c_str(), nullptr};
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, "/bin/sh", &fa, &attr, const_cast<char* const*>(argv), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) return Err(fmt::format("posix_spawn /bin/sh -c '{}': {}", b->command_, std::strerror(rc)));
-  b->pid_ = pid;
+  auto pid = spawn_shell(b->command_, wr.get(), wr.get());
+  if (!pid) return pid.error();
+  b->pid_ = *pid;
   wr.reset();
   b->stderr_thread_ = std::thread([bp = b.get()] { bp->read_stderr(); });
   return b;
@@ -318,6 +331,58 @@ vhu::Result<UniqueFd> Backend::connect(int timeout_ms) {
     ::usleep(spawned() ? 2000 : 20000);
   }
   return Err(fmt::format("could not connect to {} within {} ms: {}", ph_.socket, timeout_ms, last));
+}
+
+std::string CommandRun::status_text() const {
+  return ended ? wait_status_text(wstatus) : "still running at the time limit (killed)";
+}
+
+vhu::Result<CommandRun> run_command(const std::string& command, int timeout_ms) {
+  int po[2], pe[2];
+  if (pipe2(po, O_CLOEXEC) != 0) return Err(fmt::format("pipe2: {}", std::strerror(errno)));
+  UniqueFd out_rd(po[0]), out_wr(po[1]);
+  if (pipe2(pe, O_CLOEXEC) != 0) return Err(fmt::format("pipe2: {}", std::strerror(errno)));
+  UniqueFd err_rd(pe[0]), err_wr(pe[1]);
+  auto pid = spawn_shell(command, out_wr.get(), err_wr.get());
+  if (!pid) return pid.error();
+  out_wr.reset();
+  err_wr.reset();
+  CommandRun run;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  // Output until both pipes close (or the time is up), then the exit status.
+  pollfd fds[2] = {{out_rd.get(), POLLIN, 0}, {err_rd.get(), POLLIN, 0}};
+  std::string* into[2] = {&run.out, &run.err};
+  int open = 2;
+  while (open > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    const int n = ::poll(fds, 2, static_cast<int>(left.count()));
+    if (n < 0 && errno != EINTR) break;
+    for (int k = 0; k < 2; ++k) {
+      if (fds[k].fd < 0 || !(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      char buf[4096];
+      const ssize_t r = ::read(fds[k].fd, buf, sizeof buf);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        fds[k].fd = -1;
+        --open;
+        continue;
+      }
+      if (into[k]->size() < CommandRun::kKeep)
+        into[k]->append(buf, std::min(static_cast<size_t>(r), CommandRun::kKeep - into[k]->size()));
+    }
+  }
+  // Its pipes may have closed before it ended, or a child it left may hold
+  // them open after: the exit status decides, up to the time limit.
+  int st = 0;
+  pid_t r;
+  while ((r = ::waitpid(*pid, &st, WNOHANG)) == 0 && std::chrono::steady_clock::now() < end) ::usleep(2000);
+  // Whatever is left of its group goes, as Backend::terminate() does.
+  ::kill(-*pid, SIGKILL);
+  if (r == 0) ::waitpid(*pid, nullptr, 0);
+  run.ended = r == *pid;
+  run.wstatus = st;
+  return run;
 }
 
 }  // namespace conform

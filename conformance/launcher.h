@@ -50,6 +50,20 @@ struct Placeholders {
 };
 std::string substitute(const std::string& command, const Placeholders& p);
 
+// A command run once to its end, as a management layer runs a back-end with
+// --print-capabilities: stdout and stderr kept apart (each up to kKeep bytes),
+// stdin /dev/null, its own process group, killed with that group when it
+// outlives timeout_ms.
+struct CommandRun {
+  static constexpr size_t kKeep = 64 * 1024;
+  bool ended = false;  // false: killed at the time limit
+  int wstatus = 0;
+  std::string out;
+  std::string err;
+  std::string status_text() const;
+};
+vhu::Result<CommandRun> run_command(const std::string& command, int timeout_ms);
+
 // The back-end a case talks to. For Spawn it owns the process: stderr is kept
 // (last 64 KiB), the exit status or signal recorded, a hung one killed.
 class Backend {

@@ -9,7 +9,8 @@
 // Invariants: parsing never throws or crashes; settings come back only with
 // exit code 0, nothing to print, and VMs that validate_vms() accepts; every
 // refusal has a non-zero exit code and says something on stderr; exit code 0
-// without settings is --help, and prints it.
+// without settings is --help, and prints it, or --print-capabilities, which
+// prints the capabilities and nothing else whatever the other arguments.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -41,6 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     VHU_FUZZ_CHECK(cl.exit_code == 0 && cl.out.empty() && cl.err.empty());
     VHU_FUZZ_CHECK(!cl.settings->vms.empty());
     VHU_FUZZ_CHECK(vsockref::validate_vms(cl.settings->vms).ok());
+  } else if (vsockref::asks_for_capabilities(static_cast<int>(argv.size()), argv.data())) {
+    VHU_FUZZ_CHECK(cl.exit_code == 0 && cl.out == vsockref::capabilities_json() && cl.err.empty());
   } else if (cl.exit_code == 0) {
     VHU_FUZZ_CHECK(cl.out.find("Usage:") != std::string::npos);  // --help
   } else {

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "faults.h"
 #include "vhu/vsock.h"
@@ -100,6 +101,14 @@ vhu::Result<void> validate_vms(const std::vector<VmConfig>& vms) {
   return vhu::Ok();
 }
 
+std::string capabilities_json() { return "{\"type\": \"vsock\"}\n"; }
+
+bool asks_for_capabilities(int argc, const char* const* argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "--print-capabilities") return true;
+  return false;
+}
+
 CommandLine parse_command_line(int argc, const char* const* argv) {
 #ifdef VHU_FAULT_INJECTION
   CLI::App app{"vhost-user-vsock-faulty: the reference vhost-user vsock back-end with deliberate faults, "
@@ -134,6 +143,10 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
       ->check(CLI::IsMember({"upstream", "newest"}))
       ->capture_default_str();
   app.add_option("--log-level", level, "error, warn, info, debug or trace")->capture_default_str();
+  bool print_capabilities = false;
+  app.add_flag("--print-capabilities", print_capabilities,
+               "print the back-end's capabilities as JSON on stdout and exit (vhost-user.rst, back-end program "
+               "conventions); every other option is ignored");
   Settings settings;
 #ifdef VHU_FAULT_INJECTION
   std::string fault_help = "enable a deliberate fault (repeatable):";
@@ -149,9 +162,15 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
     result.err = std::move(text) + "\n";
     return result;
   };
+  // The other options are ignored, even ones that would not parse.
+  auto capabilities = [&] {
+    result.out = capabilities_json();
+    return result;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (asks_for_capabilities(argc, argv)) return capabilities();
     // CLI11 formats --help and its own errors; they go where it says.
     std::ostringstream out, err;
     result.exit_code = app.exit(e, out, err);
@@ -170,6 +189,12 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
     if (!known) return fail(fmt::format("--fault: no fault named '{}' (see --help)", name));
   }
 #endif
+
+  bool skip_capabilities = false;
+#ifdef VHU_FAULT_INJECTION
+  for (const auto& name : settings.faults) skip_capabilities = skip_capabilities || name == "no_print_capabilities";
+#endif
+  if (print_capabilities && !skip_capabilities) return capabilities();
 
   if (!parse_log_level(level, settings.log_level))
     return fail(fmt::format("--log-level: '{}' is not error, warn, info, debug or trace", level));

@@ -34,6 +34,11 @@ struct CommandLine {
 // vhost-user-vsock-faulty do. Never throws and never prints: main() decides.
 CommandLine parse_command_line(int argc, const char* const* argv);
 
+// --print-capabilities: what the back-end prints (VHostUserBackendCapabilities
+// of QEMU's vhost-user.json), and whether argv asks for it at all.
+std::string capabilities_json();
+bool asks_for_capabilities(int argc, const char* const* argv);
+
 // Parses one --vm value; keys not given keep the values of `defaults`.
 vhu::Result<VmConfig> parse_vm_spec(const std::string& spec, const VmConfig& defaults);
 // "a+b" -> {a, b}; empty names are an error.

@@ -102,7 +102,8 @@
   X(stall_on_unready_rx, "stalls its loop 3 s when host traffic waits for an rx ring not started") \
   X(credit_update_before_response, "follows its REQUEST with a CREDIT_UPDATE before the guest's RESPONSE") \
   X(ignore_sigterm, "goes on serving after SIGTERM (SIGINT still ends it)")                          \
-  X(daemonize, "forks once its sockets are set up; the parent exits 0 and the child serves")
+  X(daemonize, "forks once its sockets are set up; the parent exits 0 and the child serves")           \
+  X(no_print_capabilities, "ignores --print-capabilities and starts serving as usual")
 
 namespace vsockref {
 

@@ -317,5 +317,21 @@ TEST(Cli, CommandLineGivesSettingsOrWhatToPrint) {
   }
 }
 
+// vhost-user.rst's back-end program conventions: print, exit successfully,
+// ignore every other option, even one that would not parse.
+TEST(Cli, PrintCapabilitiesIgnoresTheRest) {
+  for (auto args : std::vector<std::vector<const char*>>{{"--print-capabilities"},
+                                                          {"--socket", "/s", "--guest-cid", "5", "--print-capabilities"},
+                                                          {"--bogus", "--print-capabilities", "--guest-cid", "2"},
+                                                          {"--help", "--print-capabilities"}}) {
+    auto r = parse(args);
+    EXPECT_FALSE(r.settings) << args[0];
+    EXPECT_EQ(r.exit_code, 0) << args[0];
+    EXPECT_EQ(r.out, capabilities_json()) << args[0];
+    EXPECT_TRUE(r.err.empty()) << args[0] << ": " << r.err;
+  }
+  EXPECT_EQ(capabilities_json(), "{\"type\": \"vsock\"}\n");
+}
+
 }  // namespace
 }  // namespace vsockref

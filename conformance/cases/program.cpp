@@ -3,19 +3,25 @@
 // and later stops it. Only a back-end the runner starts (--spawn) can be
 // watched and signalled; with --connect or --listen these cases skip.
 #include <signal.h>
+#include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include <fmt/format.h>
 
 #include "common.h"
+#include "json.h"
 
 namespace conform {
 namespace {
 
 // "A few seconds" after SIGTERM the management layer may send SIGKILL.
 constexpr int kSigtermGraceMs = 3000;
+// --print-capabilities only prints: a second or two even for a slow start.
+constexpr int kCapabilitiesMs = 3000;
 
 Backend& started_backend(Ctx& ctx) {
   if (!ctx.backend().spawned())
@@ -56,6 +62,53 @@ CONFORM_CASE(sigterm_ends,
         "A management layer stops a back-end with SIGTERM and may SIGKILL it a few seconds later; a back-end that "
         "ignores SIGTERM is killed without cleaning up (its socket file stays).");
   ctx.note(fmt::format("ended {} ms after SIGTERM: {}", ms, be.status_text()));
+}
+
+// The command's text up to n bytes, on one line, for a verdict.
+std::string excerpt(std::string text, size_t n = 200) {
+  if (text.size() > n) text = text.substr(0, n) + "...";
+  for (char& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  while (!text.empty() && text.back() == ' ') text.pop_back();
+  return text.empty() ? "(nothing)" : text;
+}
+
+CONFORM_CASE(print_capabilities,
+             .id = "program.print_capabilities",
+             .requirements = {"VU-PROGRAM-PRINT-CAPABILITIES"},
+             .summary = "the back-end's command with --print-capabilities added prints a JSON object with a \"type\" "
+                        "string on stdout and exits 0 without serving") {
+  Backend& be = started_backend(ctx);
+  // The same command with placeholders of its own, so that a back-end that
+  // ignores the option and starts takes no socket of the running one.
+  Placeholders ph = be.placeholders();
+  ph.dir += "/caps";
+  std::error_code ec;
+  std::filesystem::create_directory(ph.dir, ec);
+  if (ec) fail("a directory for the second run", ph.dir + ": " + ec.message());
+  ph.socket = ph.dir + "/vhost-user.sock";
+  ph.uds = ph.dir + "/vsock.uds";
+  ph.socket2 = ph.dir + "/vhost-user-2.sock";
+  ph.uds2 = ph.dir + "/vsock-2.uds";
+  const std::string command = substitute(ctx.cfg().target.command, ph) + " --print-capabilities";
+  auto run = run_command(command, std::min(kCapabilitiesMs, ctx.remaining_ms()));
+  if (!run) fail("the command to start: " + command, run.message());
+  const std::string what = "`" + command + "`";
+  check(run->ended, what + " to print its capabilities and exit",
+        fmt::format("{}; stdout: {}; stderr: {}", run->status_text(), excerpt(run->out), excerpt(run->err)),
+        "Other options should be ignored and the program should not perform its normal function: a management "
+        "layer runs the command to learn what the back-end is.");
+  check(WIFEXITED(run->wstatus) && WEXITSTATUS(run->wstatus) == 0, what + " to exit successfully (status 0)",
+        fmt::format("{}; stderr: {}", run->status_text(), excerpt(run->err)));
+  auto doc = parse_json(run->out);
+  check(doc.ok(), "its stdout to be JSON",
+        (doc.ok() ? std::string() : doc.message()) + "; stdout: " + excerpt(run->out));
+  check(doc->kind == JsonValue::Kind::Object, "a JSON object (VHostUserBackendCapabilities)",
+        std::string(json_kind_name(doc->kind)) + ": " + excerpt(run->out));
+  const JsonValue* type = doc->member("type");
+  check(type && type->kind == JsonValue::Kind::String, "a \"type\" member that is a string (the back-end type)",
+        type ? std::string(json_kind_name(type->kind)) : "no \"type\" member: " + excerpt(run->out));
+  ctx.note("capabilities: " + excerpt(run->out, 400));
 }
 
 }  // namespace

@@ -74,25 +74,26 @@ while IFS= read -r raw; do
     done
   fi
   grep -qxF "$fault" <<<"$known" || problem "line for $fault: the faulty back-end has no such fault"
-  want="" maybe=""
+  want="" maybe="" unless=""
   set -f
   for t in $ids; do
     case $t in
       '*') want+=$'\n'"$all_cases" ;;
       '?*') maybe+=$'\n'"$all_cases" ;;
       '?'*) maybe+=$'\n'"${t#?}" ;;
+      '!'*) unless+=$'\n'"${t#!}" ;;
       *) want+=$'\n'"$t" ;;
     esac
-    if [[ "$t" == '*' || "$t" == '?*' ]] && ((!broad)); then
+    if [[ "$t" == '*' || "$t" == '?*' || "$t" == '!'* ]] && ((!broad)); then
       problem "line for $fault: '$t' needs [broad]"
     fi
-    id=${t#\?}
+    id=${t#[?!]}
     if [[ "$id" != '*' ]] && ! grep -qxF "$id" <<<"$all_cases"; then
       problem "line for $fault: '$id' is not a case of $runner --list"
     fi
   done
   set +f
-  want=$(grep -v '^$' <<<"$want" | sort -u)
+  want=$(comm -23 <(grep -v '^$' <<<"$want" | sort -u) <(grep -v '^$' <<<"$unless" | sort -u))
   maybe=$(grep -v '^$' <<<"$maybe" | sort -u)
   l_fault[n]=$fault l_broad[n]=$broad l_args[n]=$args l_want[n]=$want l_maybe[n]=$maybe
   l_text[n]="$fault${args:+ [${args# }]}"
