@@ -14,6 +14,9 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
 
 #include "vhu/channel.h"
 
@@ -256,7 +259,53 @@ void Backend::send_signal(int sig) {
   reap(WNOHANG);
   if (exited_) return;
   we_signalled_ = true;
-  ::kill(pid_, sig);
+  ::kill(-pid_, sig);
+}
+
+namespace {
+// The processes of group `pgid` that have not ended (zombies have), as
+// "pid (comm)", from /proc.
+std::vector<std::string> live_group_members(pid_t pgid) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc", ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(it->path() / "stat");
+    std::string stat;
+    if (!std::getline(in, stat)) continue;
+    // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 1));
+    std::string state;
+    long ppid = 0, pgrp = 0;
+    if (!(rest >> state >> ppid >> pgrp)) continue;
+    if (pgrp == pgid && state != "Z" && state != "X") out.push_back(stat.substr(0, close + 1));
+  }
+  return out;
+}
+}  // namespace
+
+bool Backend::wait_group_exit(int ms, std::string* left) {
+  if (pid_ <= 0) return false;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  for (;;) {
+    reap(WNOHANG);
+    std::vector<std::string> live;
+    if (exited_) live = live_group_members(pid_);
+    if (exited_ && live.empty()) return true;
+    if (std::chrono::steady_clock::now() >= end) {
+      if (left) {
+        left->clear();
+        if (!exited_) *left = fmt::format("{} (the started process)", pid_);
+        for (const auto& m : live) *left += (left->empty() ? "" : ", ") + m;
+      }
+      return false;
+    }
+    ::usleep(2000);
+  }
 }
 
 bool Backend::wait_exit(int ms) {
@@ -326,7 +375,12 @@ vhu::Result<UniqueFd> Backend::connect(int timeout_ms) {
     auto c = vhu::connect_unix(ph_.socket);
     if (c) return c;
     last = c.message();
-    if (spawned() && !alive()) return Err("back-end " + status_text() + " before accepting a connection on " + ph_.socket);
+    if (spawned() && !alive()) {
+      // One more try: a back-end that daemonized exits once a child of its
+      // own serves the socket (program.no_daemonize reports that, not this).
+      if (auto again = vhu::connect_unix(ph_.socket)) return again;
+      return Err("back-end " + status_text() + " before accepting a connection on " + ph_.socket);
+    }
     if (std::chrono::steady_clock::now() >= end) break;
     ::usleep(spawned() ? 2000 : 20000);
   }

@@ -108,11 +108,15 @@ class Backend {
   // SIGTERM, up to grace_ms for it to end, then SIGKILL. Idempotent. What
   // is left of its process group after it ended is killed too.
   void terminate(int grace_ms = 1000);
-  // `sig` to the started process alone (not its group); its end then counts
-  // as ours, not a crash.
+  // `sig` to the started process's group, so that a command wrapping the
+  // back-end (sh -c '...') passes it on; its end then counts as ours, not a
+  // crash.
   void send_signal(int sig);
   // Up to ms for the started process to end. True when it has.
   bool wait_exit(int ms);
+  // Up to ms for the started process and everything in its group to end.
+  // True when they have; else *left names what still runs ("pid (comm)").
+  bool wait_group_exit(int ms, std::string* left);
   // From another thread: SIGKILL now (hung back-end / case over its time).
   void kill_now();
   // Number of open fds of the spawned process (/proc), or -1.

@@ -133,9 +133,25 @@ TEST(Backend, SignalSentByTheRunnerIsNoCrash) {
   ASSERT_TRUE(b) << b.message();
   EXPECT_FALSE((*b)->wait_exit(20));
   (*b)->send_signal(SIGTERM);
-  ASSERT_TRUE((*b)->wait_exit(2000));
+  std::string left;
+  ASSERT_TRUE((*b)->wait_group_exit(2000, &left)) << left;
   EXPECT_FALSE((*b)->crashed());
   EXPECT_NE((*b)->status_text().find("SIGTERM"), std::string::npos) << (*b)->status_text();
+}
+
+// The signal goes to the group, and the wait is for the whole group: a
+// command that ends while what it started ignores SIGTERM has not ended.
+TEST(Backend, GroupWaitNamesWhatIgnoredTheSignal) {
+  auto b = Backend::launch(spawn_spec("sh -c 'trap \"\" TERM; exec sleep 30' & exec sleep 30"), 5);
+  ASSERT_TRUE(b) << b.message();
+  ::usleep(100 * 1000);  // the background shell sets its trap
+  (*b)->send_signal(SIGTERM);
+  std::string left;
+  EXPECT_FALSE((*b)->wait_group_exit(300, &left));
+  EXPECT_FALSE((*b)->alive());  // the started process itself did end
+  EXPECT_NE(left.find("(sleep)"), std::string::npos) << left;
+  (*b)->terminate(10);
+  EXPECT_TRUE((*b)->wait_group_exit(2000, &left)) << left;
 }
 
 // A back-end that connects to its sockets finds the runner listening on
