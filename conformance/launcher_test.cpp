@@ -126,8 +126,8 @@ TEST(Backend, TerminateTakesWhatAnExitedProcessLeftInItsGroup) {
   if (!gone) ::kill(child, SIGKILL);
 }
 
-// send_signal reaches the started process alone, and its end is ours: not a
-// crash.
+// send_signal reaches the started process (through its group), and its end
+// is ours: not a crash.
 TEST(Backend, SignalSentByTheRunnerIsNoCrash) {
   auto b = Backend::launch(spawn_spec("sleep 30"), 5);
   ASSERT_TRUE(b) << b.message();
