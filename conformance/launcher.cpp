@@ -56,6 +56,14 @@ std::string substitute(const std::string& command, const Placeholders& p) {
   return out;
 }
 
+void Placeholders::set_dir(std::string d) {
+  dir = std::move(d);
+  socket = dir + "/vhost-user.sock";
+  uds = dir + "/vsock.uds";
+  socket2 = dir + "/vhost-user-2.sock";
+  uds2 = dir + "/vsock-2.uds";
+}
+
 namespace {
 // `exec COMMAND` through /bin/sh, stdin /dev/null, in a process group of its
 // own (so a shell pipeline dies as a whole), signals at their defaults.
@@ -88,9 +96,11 @@ std::string signal_name(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   return abbrev ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
 }
+// "exited with status 1", "killed by SIGSEGV (core dumped)".
 std::string wait_status_text(int st) {
   if (WIFEXITED(st)) return fmt::format("exited with status {}", WEXITSTATUS(st));
-  if (WIFSIGNALED(st)) return "killed by " + signal_name(WTERMSIG(st));
+  if (WIFSIGNALED(st))
+    return fmt::format("killed by {}{}", signal_name(WTERMSIG(st)), WCOREDUMP(st) ? " (core dumped)" : "");
   return "ended";
 }
 }  // namespace
@@ -112,11 +122,7 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
   char tmpl[] = "/tmp/vuc-XXXXXX";
   if (!mkdtemp(tmpl)) return Err(fmt::format("mkdtemp: {}", std::strerror(errno)));
   b->remove_dir_ = true;
-  b->ph_.dir = tmpl;
-  b->ph_.socket = b->ph_.dir + "/vhost-user.sock";
-  b->ph_.uds = b->ph_.dir + "/vsock.uds";
-  b->ph_.socket2 = b->ph_.dir + "/vhost-user-2.sock";
-  b->ph_.uds2 = b->ph_.dir + "/vsock-2.uds";
+  b->ph_.set_dir(tmpl);
   b->command_ = substitute(spec.command, b->ph_);
 
   if (spec.backend_connects) {
@@ -247,11 +253,7 @@ std::string Backend::status_text() {
   if (pid_ <= 0) return "not spawned by the runner";
   reap(WNOHANG);
   if (!exited_) return fmt::format("running (pid {})", pid_);
-  if (WIFEXITED(wstatus_)) return fmt::format("exited with status {}", WEXITSTATUS(wstatus_));
-  if (WIFSIGNALED(wstatus_))
-    return fmt::format("killed by {}{}{}", signal_name(WTERMSIG(wstatus_)), WCOREDUMP(wstatus_) ? " (core dumped)" : "",
-                       we_signalled_ ? " (sent by the runner)" : "");
-  return "ended";
+  return wait_status_text(wstatus_) + (WIFSIGNALED(wstatus_) && we_signalled_ ? " (sent by the runner)" : "");
 }
 
 void Backend::send_signal(int sig) {
@@ -304,17 +306,6 @@ bool Backend::wait_group_exit(int ms, std::string* left) {
       }
       return false;
     }
-    ::usleep(2000);
-  }
-}
-
-bool Backend::wait_exit(int ms) {
-  if (pid_ <= 0) return false;
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  for (;;) {
-    reap(WNOHANG);
-    if (exited_) return true;
-    if (std::chrono::steady_clock::now() >= end) return false;
     ::usleep(2000);
   }
 }

@@ -40,6 +40,9 @@ struct Placeholders {
   // The second VM's CID is the first one's plus this: distinct, never reserved.
   static constexpr uint64_t kSecondCidOffset = 1000;
 
+  // `d` and the socket paths inside it that a spawned back-end gets.
+  void set_dir(std::string d);
+
   std::string dir;
   std::string socket;
   std::string uds;
@@ -112,8 +115,6 @@ class Backend {
   // back-end (sh -c '...') passes it on; its end then counts as ours, not a
   // crash.
   void send_signal(int sig);
-  // Up to ms for the started process to end. True when it has.
-  bool wait_exit(int ms);
   // Up to ms for the started process and everything in its group to end.
   // True when they have; else *left names what still runs ("pid (comm)").
   bool wait_group_exit(int ms, std::string* left);

@@ -192,7 +192,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
 
   bool skip_capabilities = false;
 #ifdef VHU_FAULT_INJECTION
-  for (const auto& name : settings.faults) skip_capabilities = skip_capabilities || name == "no_print_capabilities";
+  const std::string_view ignore = all_faults()[static_cast<size_t>(Fault::no_print_capabilities)].name;
+  for (const auto& name : settings.faults) skip_capabilities = skip_capabilities || name == ignore;
 #endif
   if (print_capabilities && !skip_capabilities) return capabilities();
 

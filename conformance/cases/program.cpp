@@ -85,14 +85,10 @@ CONFORM_CASE(print_capabilities,
   // The same command with placeholders of its own, so that a back-end that
   // ignores the option and starts takes no socket of the running one.
   Placeholders ph = be.placeholders();
-  ph.dir += "/caps";
+  ph.set_dir(ph.dir + "/caps");
   std::error_code ec;
   std::filesystem::create_directory(ph.dir, ec);
   if (ec) fail("a directory for the second run", ph.dir + ": " + ec.message());
-  ph.socket = ph.dir + "/vhost-user.sock";
-  ph.uds = ph.dir + "/vsock.uds";
-  ph.socket2 = ph.dir + "/vhost-user-2.sock";
-  ph.uds2 = ph.dir + "/vsock-2.uds";
   const std::string command = substitute(ctx.cfg().target.command, ph) + " --print-capabilities";
   auto run = run_command(command, std::min(kCapabilitiesMs, ctx.remaining_ms()));
   if (!run) fail("the command to start: " + command, run.message());
