@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -56,6 +57,31 @@ std::string substitute(const std::string& command, const Placeholders& p) {
   return out;
 }
 
+std::optional<std::string> replace_socket_option(const std::string& command, const std::string& option) {
+  static constexpr std::string_view kKey = "{socket}";
+  const size_t at = command.find(kKey);
+  if (at == std::string::npos || command.find(kKey, at + 1) != std::string::npos) return std::nullopt;
+  auto blank = [](char c) { return c == ' ' || c == '\t'; };
+  const size_t after = at + kKey.size();
+  if (after < command.size() && !blank(command[after])) return std::nullopt;
+  // [start, end): the option's name, before '=' or before the blanks.
+  size_t end = at;
+  if (at > 0 && command[at - 1] == '=') {
+    end = at - 1;
+  } else {
+    while (end > 0 && blank(command[end - 1])) --end;
+    if (end == at) return std::nullopt;  // glued to something that is no option
+  }
+  size_t start = end;
+  while (start > 0 && !blank(command[start - 1])) --start;
+  if (end - start < 2 || command[start] != '-') return std::nullopt;
+  for (size_t i = start; i < end; ++i) {
+    const char c = command[i];
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')) return std::nullopt;
+  }
+  return command.substr(0, start) + option + command.substr(after);
+}
+
 void Placeholders::set_dir(std::string d) {
   dir = std::move(d);
   socket = dir + "/vhost-user.sock";
@@ -67,12 +93,21 @@ void Placeholders::set_dir(std::string d) {
 namespace {
 // `exec COMMAND` through /bin/sh, stdin /dev/null, in a process group of its
 // own (so a shell pipeline dies as a whole), signals at their defaults.
-vhu::Result<pid_t> spawn_shell(const std::string& command, int out_fd, int err_fd) {
+// inherit_fd >= 0: it becomes the child's kInheritedFd.
+vhu::Result<pid_t> spawn_shell(const std::string& command, int out_fd, int err_fd, int inherit_fd = -1) {
+  // dup2 onto the same number would leave close-on-exec set: move it first.
+  UniqueFd moved;
+  if (inherit_fd == kInheritedFd) {
+    moved.reset(::fcntl(inherit_fd, F_DUPFD_CLOEXEC, kInheritedFd + 1));
+    if (!moved) return Err(fmt::format("fcntl F_DUPFD_CLOEXEC: {}", std::strerror(errno)));
+    inherit_fd = moved.get();
+  }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
   posix_spawn_file_actions_adddup2(&fa, err_fd, 2);
+  if (inherit_fd >= 0) posix_spawn_file_actions_adddup2(&fa, inherit_fd, kInheritedFd);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
@@ -144,7 +179,7 @@ vhu::Result<std::unique_ptr<Backend>> Backend::launch(const TargetSpec& spec, ui
   b->stderr_rd_.reset(p[0]);
   UniqueFd wr(p[1]);
 
-  auto pid = spawn_shell(b->command_, wr.get(), wr.get());
+  auto pid = spawn_shell(b->command_, wr.get(), wr.get(), spec.inherit_fd);
   if (!pid) return pid.error();
   b->pid_ = *pid;
   wr.reset();

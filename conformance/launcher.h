@@ -8,6 +8,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -18,12 +19,19 @@ namespace conform {
 
 enum class TargetMode { Connect, Spawn, Listen };
 
+// The descriptor number a spawned back-end finds TargetSpec::inherit_fd at:
+// the first one after stdin, stdout and stderr.
+constexpr int kInheritedFd = 3;
+
 struct TargetSpec {
   TargetMode mode = TargetMode::Spawn;
   std::string path;     // Connect / Listen: the socket path
   std::string command;  // Spawn: shell command with {socket} {uds} {cid} {dir}, and
                         // {socket2} {uds2} {cid2} for a back-end serving a second VM
   bool backend_connects = false;  // Spawn: the back-end is the client on {socket}
+  // Spawn: this descriptor of the runner's becomes the back-end's kInheritedFd,
+  // as a management layer hands a socket over with --fd (-1: none).
+  int inherit_fd = -1;
   std::string device = "vsock";   // device type the cases may drive
   int start_timeout_ms = 5000;    // until the spawned back-end accepts a connection
   // --connect/--listen: the host side of hybrid vsock, when the user names it.
@@ -52,6 +60,14 @@ struct Placeholders {
   uint64_t cid2 = 3 + kSecondCidOffset;
 };
 std::string substitute(const std::string& command, const Placeholders& p);
+
+// The command template with the option that gives {socket} replaced by
+// `option` (which may name {socket} itself): `-x {socket}` and `--xx={socket}`
+// qualify, one word each. nullopt when {socket} is part of another word
+// (`iface={socket},queues=1`), appears more than once, or follows no option:
+// then the socket cannot be handed over another way without knowing the
+// program.
+std::optional<std::string> replace_socket_option(const std::string& command, const std::string& option);
 
 // A command run once to its end, as a management layer runs a back-end with
 // --print-capabilities: stdout and stderr kept apart (each up to kKeep bytes),

@@ -1,7 +1,9 @@
 #include "launcher.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -53,6 +55,28 @@ TEST(Substitute, FirstVmNamesDoNotSwallowSecond) {
 TEST(Substitute, OtherTextUntouched) {
   EXPECT_EQ(substitute("{socket3} {cid {} }{", sample()), "{socket3} {cid {} }{");
   EXPECT_EQ(substitute("", sample()), "");
+}
+
+TEST(ReplaceSocketOption, TheOptionThatGivesTheSocketIsReplacedWhole) {
+  EXPECT_EQ(replace_socket_option("be --socket {socket} --uds-path {uds}", "--fd=3"), "be --fd=3 --uds-path {uds}");
+  EXPECT_EQ(replace_socket_option("be --socket-path={socket} -o x", "--socket-path={socket}"),
+            "be --socket-path={socket} -o x");
+  EXPECT_EQ(replace_socket_option("be -s\t{socket}", "--fd=3"), "be --fd=3");
+  EXPECT_EQ(replace_socket_option("be --vm guest-cid={cid} --socket {socket}", "--fd=3"),
+            "be --vm guest-cid={cid} --fd=3");
+}
+
+TEST(ReplaceSocketOption, NoneWhereTheSocketIsNoOptionsWholeValue) {
+  for (const char* command : {"testpmd --vdev net_vhost0,iface={socket},queues=1",  // part of a word
+                              "qsd --export type=vhost-user-blk,addr.path={socket}",  // key=, not an option
+                              "be --socket {socket} --socket {socket}",               // twice
+                              "be {socket}",                                         // no option before it
+                              "be --socket={socket}.x",                              // a longer word
+                              "sh -c 'be --socket {socket}'",                        // quoted: a shell's word
+                              "be --socket {socket2}",                               // not {socket}
+                              "{socket}", "= {socket}", "- {socket}"}) {
+    EXPECT_EQ(replace_socket_option(command, "--fd=3"), std::nullopt) << command;
+  }
 }
 
 TEST(Profiles, RefHasTwoVmTemplateWithSpecPassedThrough) {
@@ -153,6 +177,29 @@ TEST(Backend, GroupWaitNamesWhatIgnoredTheSignal) {
   EXPECT_NE(left.find("(sleep)"), std::string::npos) << left;
   (*b)->terminate(10);
   EXPECT_TRUE((*b)->wait_group_exit(2000, &left)) << left;
+}
+
+// The inherited descriptor is the back-end's kInheritedFd, whatever number
+// it had in the runner, that one included.
+TEST(Backend, InheritedDescriptorArrivesAsFd3) {
+  for (int n : {kInheritedFd, 20}) {
+    auto pair = vhu::socket_pair();
+    ASSERT_TRUE(pair.ok());
+    vhu::UniqueFd theirs = std::move(pair->second);
+    if (theirs.get() != n) {
+      vhu::UniqueFd at(::fcntl(theirs.get(), F_DUPFD_CLOEXEC, n));
+      if (n == kInheritedFd && at.get() != n) continue;  // fd 3 is taken: nothing to show
+      theirs = std::move(at);
+    }
+    TargetSpec t = spawn_spec("echo hello >&3");
+    t.inherit_fd = theirs.get();
+    auto b = Backend::launch(t, 5);
+    ASSERT_TRUE(b) << b.message();
+    theirs.reset();
+    char buf[16] = {};
+    ASSERT_EQ(::recv(pair->first.get(), buf, 6, MSG_WAITALL), 6) << "fd " << n;
+    EXPECT_EQ(std::string(buf, 6), "hello\n");
+  }
 }
 
 // A back-end that connects to its sockets finds the runner listening on

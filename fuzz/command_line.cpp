@@ -8,7 +8,9 @@
 //
 // Invariants: parsing never throws or crashes; settings come back only with
 // exit code 0, nothing to print, and VMs that validate_vms() accepts; every
-// refusal has a non-zero exit code and says something on stderr; exit code 0
+// refusal has a non-zero exit code and says something on stderr; a VM's
+// socket is a path or an inherited descriptor (--fd), never both, and --fd
+// makes one listening-or-served VM, never a client; exit code 0
 // without settings is --help, and prints it, or --print-capabilities, which
 // prints the capabilities and nothing else whatever the other arguments.
 #include <cstdint>
@@ -42,6 +44,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     VHU_FUZZ_CHECK(cl.exit_code == 0 && cl.out.empty() && cl.err.empty());
     VHU_FUZZ_CHECK(!cl.settings->vms.empty());
     VHU_FUZZ_CHECK(vsockref::validate_vms(cl.settings->vms).ok());
+    for (const auto& vm : cl.settings->vms) {
+      VHU_FUZZ_CHECK(vm.socket.empty() != (vm.socket_fd < 0));
+      if (vm.socket_fd >= 0) VHU_FUZZ_CHECK(cl.settings->vms.size() == 1 && !vm.client);
+    }
   } else if (vsockref::asks_for_capabilities(static_cast<int>(argv.size()), argv.data())) {
     VHU_FUZZ_CHECK(cl.exit_code == 0 && cl.out == vsockref::capabilities_json() && cl.err.empty());
   } else if (cl.exit_code == 0) {

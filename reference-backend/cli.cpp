@@ -83,15 +83,17 @@ vhu::Result<VmConfig> parse_vm_spec(const std::string& spec, const VmConfig& def
 }
 
 vhu::Result<void> validate_vms(const std::vector<VmConfig>& vms) {
-  if (vms.empty()) return vhu::Err("no VM: give --socket (and --guest-cid, --uds-path) or --vm");
+  if (vms.empty()) return vhu::Err("no VM: give --socket or --fd (and --guest-cid, --uds-path) or --vm");
   std::set<uint64_t> cids;
   std::set<std::string> paths;
   for (const VmConfig& vm : vms) {
     if (vm.guest_cid < 3 || vhu::vsock::is_reserved_cid(vm.guest_cid))
       return vhu::Err(fmt::format("guest CID {} is reserved (must be >= 3 and fit in 32 bits)", vm.guest_cid));
     if (!cids.insert(vm.guest_cid).second) return vhu::Err(fmt::format("guest CID {} used twice", vm.guest_cid));
-    if (vm.socket.empty()) return vhu::Err(fmt::format("CID {}: no vhost-user socket path", vm.guest_cid));
-    if (!paths.insert(vm.socket).second) return vhu::Err(fmt::format("path {} used twice", vm.socket));
+    if (vm.socket_fd < 0) {
+      if (vm.socket.empty()) return vhu::Err(fmt::format("CID {}: no vhost-user socket path", vm.guest_cid));
+      if (!paths.insert(vm.socket).second) return vhu::Err(fmt::format("path {} used twice", vm.socket));
+    }
     if (!vm.uds_path.empty() && !paths.insert(vm.uds_path).second)
       return vhu::Err(fmt::format("path {} used twice", vm.uds_path));
     if (vm.tx_buffer_size == 0) return vhu::Err("tx-buffer-size must be positive");
@@ -122,8 +124,13 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   std::string level = "info";
   std::string spec = "upstream";
   std::vector<std::string> vm_specs;
-  app.add_option("--socket", one.socket, "vhost-user socket path (listened on; see --client)");
+  app.add_option("--socket,--socket-path", one.socket,
+                 "vhost-user socket path (listened on; see --client); --socket-path is vhost-user.rst's name");
   app.add_flag("--client", one.client, "connect to --socket (and reconnect) instead of listening on it");
+  app.add_option("--fd", one.socket_fd,
+                 "the vhost-user socket is this inherited file descriptor instead of a path (vhost-user.rst's "
+                 "back-end program conventions): a listening socket is accepted on, one front-end after another; "
+                 "a connected one is served, and the program ends when its front-end goes");
   app.add_option("--guest-cid", one.guest_cid, "the guest's context id (>= 3)")->capture_default_str();
   app.add_option("--uds-path", one.uds_path,
                  "host side: host programs connect here and write \"CONNECT <port>\\n\"; a guest connecting to "
@@ -196,6 +203,20 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   for (const auto& name : settings.faults) skip_capabilities = skip_capabilities || name == ignore;
 #endif
   if (print_capabilities && !skip_capabilities) return capabilities();
+#ifdef VHU_FAULT_INJECTION
+  // As a program that never heard of the conventions' names fails them.
+  for (const auto& name : settings.faults) {
+    for (auto [fault, option] : {std::pair{Fault::no_socket_path, std::string_view("--socket-path")},
+                                 std::pair{Fault::no_fd, std::string_view("--fd")}}) {
+      if (name != all_faults()[static_cast<size_t>(fault)].name) continue;
+      for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (arg == option || arg.starts_with(std::string(option) + "="))
+          return fail(fmt::format("unrecognized option '{}'", arg));
+      }
+    }
+  }
+#endif
 
   if (!parse_log_level(level, settings.log_level))
     return fail(fmt::format("--log-level: '{}' is not error, warn, info, debug or trace", level));
@@ -203,7 +224,13 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   if (!g) return fail(fmt::format("--groups: {}", g.message()));
   one.groups = *g;
   one.spec = spec == "newest" ? vhu::SpecText::Newest : vhu::SpecText::Upstream;
-  if (!vm_specs.empty()) {
+  if (one.socket_fd != -1) {
+    if (one.socket_fd < 0) return fail(fmt::format("--fd: {} is not a file descriptor number", one.socket_fd));
+    if (!one.socket.empty()) return fail("--fd and --socket (--socket-path) are incompatible: give one");
+    if (one.client) return fail("--client needs a --socket path to connect to, not --fd");
+    if (!vm_specs.empty()) return fail("--fd is for one VM: give --fd or --vm, not both");
+    settings.vms.push_back(one);
+  } else if (!vm_specs.empty()) {
     if (!one.socket.empty()) return fail("give either --socket or --vm, not both");
     for (const auto& text : vm_specs) {
       auto vm = parse_vm_spec(text, one);

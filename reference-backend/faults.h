@@ -103,7 +103,9 @@
   X(credit_update_before_response, "follows its REQUEST with a CREDIT_UPDATE before the guest's RESPONSE") \
   X(ignore_sigterm, "goes on serving after SIGTERM (SIGINT still ends it)")                          \
   X(daemonize, "forks once its sockets are set up; the parent exits 0 and the child serves")           \
-  X(no_print_capabilities, "ignores --print-capabilities and starts serving as usual")
+  X(no_print_capabilities, "ignores --print-capabilities and starts serving as usual")                  \
+  X(no_socket_path, "refuses --socket-path as an unknown option (only its own --socket names the socket)") \
+  X(no_fd, "refuses --fd as an unknown option")
 
 namespace vsockref {
 

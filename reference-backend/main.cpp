@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<Vm>> running;
   for (const VmConfig& cfg : cl.settings->vms) {
     running.push_back(std::make_unique<Vm>(loop, cfg, &router));
+    running.back()->on_done = [&loop] { loop.stop(); };
     if (auto r = running.back()->start(); !r) {
       fmt::print(stderr, "CID {}: {}\n", cfg.guest_cid, r.message());
       return 1;

@@ -317,6 +317,34 @@ TEST(Cli, CommandLineGivesSettingsOrWhatToPrint) {
   }
 }
 
+// vhost-user.rst's back-end program conventions name the socket options
+// --socket-path=PATH and --fd=FDNUM, "incompatible" with each other.
+TEST(Cli, SocketPathAndFdAreTheConventionsNames) {
+  auto path = parse({"--socket-path=/s", "--guest-cid", "5"});
+  ASSERT_TRUE(path.settings) << path.err;
+  EXPECT_EQ(path.settings->vms.at(0).socket, "/s");
+  EXPECT_EQ(path.settings->vms.at(0).socket_fd, -1);
+
+  auto fd = parse({"--fd=7", "--guest-cid", "5", "--uds-path", "/u"});
+  ASSERT_TRUE(fd.settings) << fd.err;
+  EXPECT_EQ(fd.settings->vms.at(0).socket_fd, 7);
+  EXPECT_TRUE(fd.settings->vms.at(0).socket.empty());
+  EXPECT_EQ(fd.settings->vms.at(0).uds_path, "/u");
+
+  for (auto [args, says] : std::vector<std::pair<std::vector<const char*>, std::string>>{
+           {{"--fd", "7", "--socket-path", "/s"}, "incompatible"},
+           {{"--fd", "7", "--socket", "/s"}, "incompatible"},
+           {{"--fd", "7", "--client"}, "--client"},
+           {{"--fd", "7", "--vm", "guest-cid=3,socket=/a"}, "--vm"},
+           {{"--fd", "-2"}, "not a file descriptor"},
+           {{"--fd", "seven"}, "--fd"}}) {
+    auto r = parse(args);
+    EXPECT_FALSE(r.settings) << args[1];
+    EXPECT_NE(r.exit_code, 0) << args[1];
+    EXPECT_NE(r.err.find(says), std::string::npos) << args[1] << ": " << r.err;
+  }
+}
+
 // vhost-user.rst's back-end program conventions: print, exit successfully,
 // ignore every other option, even one that would not parse.
 TEST(Cli, PrintCapabilitiesIgnoresTheRest) {

@@ -1,5 +1,6 @@
 #include "vm.h"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -61,6 +62,7 @@ vhu::Result<void> Vm::start_host_side() {
 
 vhu::Result<void> Vm::start() {
   VHU_TRY(start_host_side());
+  if (cfg_.socket_fd >= 0) return adopt_fd();
   if (cfg_.client) {
     try_connect();
     return vhu::Ok();
@@ -71,6 +73,33 @@ vhu::Result<void> Vm::start() {
   owns_socket_file_ = true;
   set_nonblocking(listen_.get());
   VLOG(Info, "{}: listening on {} (host side {})", name_, cfg_.socket, cfg_.uds_path.empty() ? "none" : cfg_.uds_path);
+  return loop_.add(listen_.get(), EPOLLIN, [this](uint32_t) { on_listen(); });
+}
+
+vhu::Result<void> Vm::adopt_fd() {
+  const int n = cfg_.socket_fd;
+  auto sockopt = [n](int name, int& value) {
+    socklen_t len = sizeof value;
+    return ::getsockopt(n, SOL_SOCKET, name, &value, &len) == 0;
+  };
+  int domain = 0, type = 0, listening = 0;
+  if (!sockopt(SO_DOMAIN, domain) || !sockopt(SO_TYPE, type) || !sockopt(SO_ACCEPTCONN, listening))
+    return vhu::Err(fmt::format("--fd {}: not an open socket: {}", n, std::strerror(errno)));
+  if (domain != AF_UNIX || type != SOCK_STREAM)
+    return vhu::Err(fmt::format("--fd {}: not a Unix stream socket (vhost-user needs one, for its fds)", n));
+  // Ours from now on; a program the back-end might start must not inherit it.
+  vhu::UniqueFd fd(n);
+  (void)::fcntl(n, F_SETFD, FD_CLOEXEC);
+  if (!listening) {
+    VLOG(Info, "{}: serving the connected socket of --fd {} (host side {})", name_, n,
+         cfg_.uds_path.empty() ? "none" : cfg_.uds_path);
+    serve(std::move(fd));
+    return vhu::Ok();
+  }
+  listen_ = std::move(fd);
+  set_nonblocking(listen_.get());
+  VLOG(Info, "{}: listening on the socket of --fd {} (host side {})", name_, n,
+       cfg_.uds_path.empty() ? "none" : cfg_.uds_path);
   return loop_.add(listen_.get(), EPOLLIN, [this](uint32_t) { on_listen(); });
 }
 
@@ -231,6 +260,10 @@ void Vm::drop_frontend(const std::string& why) {
   if (listen_) loop_.modify(listen_.get(), EPOLLIN);
   if (cfg_.client && !reconnect_timer_)
     reconnect_timer_ = loop_.add_timer(std::chrono::milliseconds(500), [this] { try_connect(); });
+  if (cfg_.socket_fd >= 0 && !listen_) {
+    VLOG(Info, "{}: the --fd socket was a connection; no other front-end can come", name_);
+    if (on_done) on_done();
+  }
 }
 
 }  // namespace vsockref

@@ -1,9 +1,11 @@
 // One VM as the command line describes it: the vhost-user socket (listening,
-// or connecting with --client), the front-end connection of the moment, the
-// Backend session it drives, and the host-side listener on uds-path.
+// connecting with --client, or inherited with --fd), the front-end connection
+// of the moment, the Backend session it drives, and the host-side listener on
+// uds-path.
 #pragma once
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -26,6 +28,10 @@ struct VmConfig {
   uint32_t tx_buffer_size = 256 * 1024;
   uint32_t queue_size = 1024;
   bool client = false;   // connect to `socket` instead of listening on it
+  // --fd: the vhost-user socket is this inherited descriptor instead of a
+  // path. vhost-user.rst does not say whether it is listening or connected
+  // (libvirt passes either, depending on the device), so both are served.
+  int socket_fd = -1;
   vhu::SpecText spec = vhu::SpecText::Upstream;  // whose ring-start rule (BackendOptions)
 };
 
@@ -43,6 +49,9 @@ class Vm final : private ReplySink {
   // Serves a front-end connection that already exists (tests, socketpair).
   void serve(vhu::UniqueFd sock);
   bool connected() const { return conn_.valid(); }
+  // Called once the front-end of a connected --fd socket has gone: no other
+  // can ever come, so the program has nothing left to serve for this VM.
+  std::function<void()> on_done;
   Backend& backend() { return backend_; }
   const VmConfig& config() const { return cfg_; }
 
@@ -60,6 +69,7 @@ class Vm final : private ReplySink {
   void drop_frontend(const std::string& why);
   void update_interest();
   void try_connect();
+  vhu::Result<void> adopt_fd();
 
   EventLoop& loop_;
   VmConfig cfg_;

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "json.h"
+#include "vhu/channel.h"
 
 namespace conform {
 namespace {
@@ -108,6 +109,124 @@ CONFORM_CASE(print_capabilities,
   check(type && type->kind == JsonValue::Kind::String, "a \"type\" member that is a string (the back-end type)",
         type ? std::string(json_kind_name(type->kind)) : "no \"type\" member: " + excerpt(run->out));
   ctx.note("capabilities: " + excerpt(run->out, 400));
+}
+
+// The end of a back-end's stderr, where a refusal is; all of it when the
+// back-end is ending, which is when it matters.
+std::string stderr_tail(const Backend& be) {
+  (void)be.wait_stderr_closed(1000);
+  std::string text = be.stderr_text();
+  if (text.size() > 300) text = "..." + text.substr(text.size() - 300);
+  return excerpt(text, 400);
+}
+
+// The run's command with the option that gives {socket} replaced by `option`.
+TargetSpec with_socket_option(Ctx& ctx, const std::string& option) {
+  TargetSpec t = ctx.cfg().target;
+  auto command = replace_socket_option(t.command, option);
+  if (!command)
+    skip("the command does not give {socket} as the whole value of one option (`--opt {socket}` or "
+         "`--opt={socket}`), so the case cannot tell what to replace with " + option);
+  t.command = *command;
+  return t;
+}
+
+CONFORM_CASE(socket_path,
+             .id = "program.socket_path",
+             .requirements = {"VU-PROGRAM-SOCKET-PATH"},
+             .summary = "the back-end's command with its socket option replaced by --socket-path=PATH serves PATH") {
+  started_backend(ctx);
+  if (ctx.cfg().target.command.find("--socket-path={socket}") != std::string::npos)
+    ctx.note("the command gives the socket as --socket-path={socket} already");
+  const TargetSpec t = with_socket_option(ctx, "--socket-path={socket}");
+  auto b = Backend::launch(t, ctx.cid());
+  if (!b) fail("the back-end to start with --socket-path", b.message());
+  Backend& be = **b;
+  ctx.log().record_text(Dir::ToBackend, "(a second back-end process: " + be.command_line() + ")");
+  auto s = be.connect(std::min(ctx.remaining_ms(), t.start_timeout_ms));
+  check(s.ok(), "`" + be.command_line() + "` to serve the path given with --socket-path",
+        s ? "" : fmt::format("{}; stderr: {}", s.message(), stderr_tail(be)),
+        "--socket-path=PATH is how a management layer names the socket of any back-end that follows the "
+        "conventions.");
+  Frontend fe(std::move(*s), ctx.log(), ctx.deadline());
+  fe.get_features();
+}
+
+// One way of handing the socket over as --fd: a listening socket (what
+// libvirt gives virtiofsd) or one end of a connected pair (what it gives
+// vhost-user-gpu). `why` is empty when the back-end answered GET_FEATURES on
+// it.
+struct Handover {
+  std::string command;
+  std::string why;
+};
+Handover serve_inherited(Ctx& ctx, TargetSpec t, bool listening) {
+  const char* kind = listening ? "listening" : "connected";
+  vhu::UniqueFd handed, ours;
+  const std::string path = ctx.backend().placeholders().dir + "/inherited.sock";
+  if (listening) {
+    auto l = vhu::listen_unix(path);
+    if (!l) fail("a listening socket to hand over", path + ": " + l.message());
+    handed = std::move(*l);
+  } else {
+    auto pair = vhu::socket_pair();
+    if (!pair) fail("a socket pair to hand over", pair.message());
+    ours = std::move(pair->first);
+    handed = std::move(pair->second);
+  }
+  t.inherit_fd = handed.get();
+  auto b = Backend::launch(t, ctx.cid());
+  if (!b) fail("the back-end to start with --fd", b.message());
+  Backend& be = **b;
+  ctx.log().record_text(Dir::ToBackend, fmt::format("(a second back-end process, given a {} socket as fd {}: {})",
+                                                    kind, kInheritedFd, be.command_line()));
+  // Only the back-end holds it now: if it exits, the connection ends at once
+  // instead of waiting for a reply that cannot come.
+  handed.reset();
+  // Status after stderr: a refusing back-end is still exiting when its end
+  // of the connection closes.
+  auto why = [&be](const std::string& what) {
+    const std::string err = stderr_tail(be);
+    return fmt::format("{}; back-end {}; stderr: {}", what, be.status_text(), err);
+  };
+  if (listening) {
+    auto c = vhu::connect_unix(path);
+    if (!c) return {be.command_line(), why("connecting to it: " + c.message())};
+    ours = std::move(*c);
+  }
+  Frontend fe(std::move(ours), ctx.log(), ctx.deadline());
+  auto o = fe.try_request(vhu::Message::empty(static_cast<uint32_t>(vhu::FrontendReq::GET_FEATURES)),
+                          std::min(ctx.remaining_ms(), t.start_timeout_ms));
+  std::filesystem::remove(path);
+  if (o.kind == Outcome::Reply && o.reply.payload.size() == 8) return {be.command_line(), {}};
+  return {be.command_line(), why("GET_FEATURES: " + o.text)};
+}
+
+CONFORM_CASE(fd,
+             .id = "program.fd",
+             .requirements = {"VU-PROGRAM-FD"},
+             .summary = "the back-end's command with its socket option replaced by --fd=3 serves the socket it "
+                        "inherits as fd 3, listening or connected") {
+  started_backend(ctx);
+  if (ctx.cfg().target.backend_connects)
+    skip("--backend-connects: the command makes the back-end connect to {socket}; a socket handed over with --fd "
+         "takes the place of one it would listen on");
+  const TargetSpec t = with_socket_option(ctx, fmt::format("--fd={}", kInheritedFd));
+  const Handover l = serve_inherited(ctx, t, true);
+  const Handover c = serve_inherited(ctx, t, false);
+  const std::string& listening = l.why;
+  const std::string& connected = c.why;
+  check(listening.empty() || connected.empty(),
+        fmt::format("`{}` to serve the socket it inherits as fd {}, a listening one or a connected one", l.command,
+                    kInheritedFd),
+        "listening: " + listening + "; connected: " + connected,
+        "--fd=FDNUM is how a management layer hands a back-end its socket ready-made (libvirt passes a listening "
+        "socket to virtiofsd and one end of a socketpair to vhost-user-gpu).");
+  // The text does not say which kind: serving one is a pass, and the note says
+  // what the other got.
+  if (!listening.empty()) ctx.note("a listening socket was not served: " + listening);
+  if (!connected.empty()) ctx.note("a connected socket was not served: " + connected);
+  if (listening.empty() && connected.empty()) ctx.note("served both a listening and a connected socket");
 }
 
 }  // namespace
