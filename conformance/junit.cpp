@@ -120,6 +120,7 @@ void write_junit(const std::string& path, const std::vector<CaseResult>& results
       property(props, id + ".requirements", reqs);
       property(props, id + ".backend", r->backend_command);
       property(props, id + ".negotiated", r->negotiated);
+      if (!r->notes.empty()) property(props, id + ".notes", r->notes);
       if (r->info->spec_dependent) property(props, id + ".spec_dependent", "verdict differs between the spec texts; judged by " + run.spec_text);
       if (r->unexpected_pass) property(props, id + ".unexpected_pass", "listed in --expect but passed: " + r->expect_reason);
     }
@@ -147,8 +148,9 @@ void write_junit(const std::string& path, const std::vector<CaseResult>& results
     }
     std::string out, err;
     for (const auto* r : rs) {
+      // A pass has no message; what it noted stands in its place.
       out += fmt::format("{} {} ({} s) {}\n", verdict_name(r->verdict), r->info->id, format_seconds(r->seconds),
-                         r->message);
+                         r->verdict == Verdict::Pass ? r->notes : r->message);
       if (r->backend_stderr.empty()) continue;
       const bool bad = r->verdict == Verdict::Fail || r->verdict == Verdict::Error;
       std::string text = r->backend_stderr;

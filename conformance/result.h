@@ -21,6 +21,10 @@ struct CaseResult {
   std::string backend_status;
   std::string backend_stderr;
   std::string negotiated;
+  // What the case noted, one line ("; " between notes): kept apart from
+  // details so that a pass's notes (which kind of socket was not served,
+  // what the capabilities said) reach the report too.
+  std::string notes;
   std::string timestamp;    // YYYY-MM-DDTHH:MM:SS, local time, no zone
   double seconds = 0;
   bool launch_error = false;    // the back-end could not be started or reached

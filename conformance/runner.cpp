@@ -126,9 +126,13 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
         if (auto w = ctx.sibling().corpus().write(cfg.record_corpus_dir, c.id + "-vm2"); !w) ctx.note(w.message());
     }
     r.negotiated = ctx.negotiated();
-    for (const auto& n : ctx.notes()) detail += (detail.empty() ? "" : "\n") + n;
+    auto add_note = [&](const std::string& n) {
+      detail += (detail.empty() ? "" : "\n") + n;
+      r.notes += (r.notes.empty() ? "" : "; ") + n;
+    };
+    for (const auto& n : ctx.notes()) add_note(n);
     if (ctx.has_sibling())
-      for (const auto& n : ctx.sibling().notes()) detail += (detail.empty() ? "" : "\n") + ("second VM: " + n);
+      for (const auto& n : ctx.sibling().notes()) add_note("second VM: " + n);
     if (c.spec_dependent)
       detail += fmt::format("{}verdict depends on the spec text; judged by the {} text (--spec)",
                             detail.empty() ? "" : "\n", cfg.spec == vhu::SpecText::Newest ? "newest" : "upstream");

@@ -21,6 +21,10 @@ rm -f "$report"
 [[ -s "$report" ]] || { echo "no report written"; exit 1; }
 xmllint --noout --schema "$schemas/windyroad-JUnit.xsd" "$report"
 xmllint --noout --schema "$schemas/junit-10.xsd" "$report"
+# What a passing case noted is in the report (a suite property, the only place
+# both schemas allow), as program.print_capabilities notes what it was told.
+grep -q 'name="program.print_capabilities.notes" value="capabilities: {' "$report" ||
+  { echo "the notes of a passing case are not in the report"; exit 1; }
 # A failure-heavy report too: a back-end that never starts gives <error> elements.
 bad="$out/junit-schema-test-unreachable.xml"
 "$runner" --spawn 'sh -c "echo cannot start >&2; exit 4"' --no-progress --junit "$bad" >/dev/null 2>&1 || true
