@@ -202,7 +202,10 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   const std::string_view ignore = all_faults()[static_cast<size_t>(Fault::no_print_capabilities)].name;
   for (const auto& name : settings.faults) skip_capabilities = skip_capabilities || name == ignore;
 #endif
-  if (print_capabilities && !skip_capabilities) return capabilities();
+  // The pre-scan decides, not the parse: where --print-capabilities follows an
+  // option that takes a value (`--vm --print-capabilities`), CLI11 takes it as
+  // that value, and the management layer that asked would get an error.
+  if ((print_capabilities || asks_for_capabilities(argc, argv)) && !skip_capabilities) return capabilities();
 #ifdef VHU_FAULT_INJECTION
   // As a program that never heard of the conventions' names fails them.
   for (const auto& name : settings.faults) {

@@ -351,7 +351,10 @@ TEST(Cli, PrintCapabilitiesIgnoresTheRest) {
   for (auto args : std::vector<std::vector<const char*>>{{"--print-capabilities"},
                                                           {"--socket", "/s", "--guest-cid", "5", "--print-capabilities"},
                                                           {"--bogus", "--print-capabilities", "--guest-cid", "2"},
-                                                          {"--help", "--print-capabilities"}}) {
+                                                          {"--help", "--print-capabilities"},
+                                                          // a value of --vm for CLI11 (found by fuzzing)
+                                                          {"--vm", "--print-capabilities"},
+                                                          {"--socket", "--print-capabilities"}}) {
     auto r = parse(args);
     EXPECT_FALSE(r.settings) << args[0];
     EXPECT_EQ(r.exit_code, 0) << args[0];
