@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <set>
 #include <sstream>
@@ -14,6 +15,15 @@
 namespace vsockref {
 
 namespace {
+#ifdef VHU_FAULT_INJECTION
+// Whether the command line names fault f. Parsing stays pure: main() enables
+// the faults, so the parse asks the names it was given.
+bool names_fault(const std::vector<std::string>& faults, Fault f) {
+  const std::string_view name = all_faults()[static_cast<size_t>(f)].name;
+  return std::find(faults.begin(), faults.end(), name) != faults.end();
+}
+#endif
+
 template <class T>
 vhu::Result<T> number(const std::string& key, const std::string& v) {
   T out{};
@@ -199,8 +209,7 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
 
   bool skip_capabilities = false;
 #ifdef VHU_FAULT_INJECTION
-  const std::string_view ignore = all_faults()[static_cast<size_t>(Fault::no_print_capabilities)].name;
-  for (const auto& name : settings.faults) skip_capabilities = skip_capabilities || name == ignore;
+  skip_capabilities = names_fault(settings.faults, Fault::no_print_capabilities);
 #endif
   // The pre-scan decides, not the parse: where --print-capabilities follows an
   // option that takes a value (`--vm --print-capabilities`), CLI11 takes it as
@@ -208,15 +217,13 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   if ((print_capabilities || asks_for_capabilities(argc, argv)) && !skip_capabilities) return capabilities();
 #ifdef VHU_FAULT_INJECTION
   // As a program that never heard of the conventions' names fails them.
-  for (const auto& name : settings.faults) {
-    for (auto [fault, option] : {std::pair{Fault::no_socket_path, std::string_view("--socket-path")},
-                                 std::pair{Fault::no_fd, std::string_view("--fd")}}) {
-      if (name != all_faults()[static_cast<size_t>(fault)].name) continue;
-      for (int i = 1; i < argc; ++i) {
-        const std::string_view arg = argv[i];
-        if (arg == option || arg.starts_with(std::string(option) + "="))
-          return fail(fmt::format("unrecognized option '{}'", arg));
-      }
+  for (auto [fault, option] : {std::pair{Fault::no_socket_path, std::string_view("--socket-path")},
+                               std::pair{Fault::no_fd, std::string_view("--fd")}}) {
+    if (!names_fault(settings.faults, fault)) continue;
+    for (int i = 1; i < argc; ++i) {
+      const std::string_view arg = argv[i];
+      if (arg == option || arg.starts_with(std::string(option) + "="))
+        return fail(fmt::format("unrecognized option '{}'", arg));
     }
   }
 #endif

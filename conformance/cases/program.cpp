@@ -163,6 +163,7 @@ struct Handover {
 Handover serve_inherited(Ctx& ctx, TargetSpec t, bool listening) {
   const char* kind = listening ? "listening" : "connected";
   vhu::UniqueFd handed, ours;
+  // In the case's back-end directory, which goes with it.
   const std::string path = ctx.backend().placeholders().dir + "/inherited.sock";
   if (listening) {
     auto l = vhu::listen_unix(path);
@@ -197,7 +198,6 @@ Handover serve_inherited(Ctx& ctx, TargetSpec t, bool listening) {
   Frontend fe(std::move(ours), ctx.log(), ctx.deadline());
   auto o = fe.try_request(vhu::Message::empty(static_cast<uint32_t>(vhu::FrontendReq::GET_FEATURES)),
                           std::min(ctx.remaining_ms(), t.start_timeout_ms));
-  std::filesystem::remove(path);
   if (o.kind == Outcome::Reply && o.reply.payload.size() == 8) return {be.command_line(), {}};
   return {be.command_line(), why("GET_FEATURES: " + o.text)};
 }
