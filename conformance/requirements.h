@@ -18,9 +18,9 @@ struct Quote {
 struct Requirement {
   std::string id;
   std::string level;    // MUST SHOULD MAY CONVENTION
-  std::string source;   // vhost-user, virtio, trace
+  std::string source;   // vhost-user, virtio, trace, guest
   std::string section;
-  std::string text;     // which spec text: upstream | newest | both (CONVENTION: the trace file)
+  std::string text;     // which spec text: upstream | newest | both (CONVENTION: the trace or guest-run file)
   std::vector<Quote> quotes;
   std::string not_checked;  // reason, for a MUST no case covers
 };

@@ -283,7 +283,7 @@ void VsockGuest::handle(const RxPacket& p) {
     case vs::Op::SHUTDOWN: c->shutdown_flags |= h.flags; break;
     case vs::Op::RW: {
       c->received.append(p.data.begin(), p.data.end());
-      c->fwd_cnt += static_cast<uint32_t>(p.data.size());
+      (c->reading ? c->fwd_cnt : c->unread) += static_cast<uint32_t>(p.data.size());
       break;
     }
     case vs::Op::CREDIT_REQUEST: {
@@ -332,7 +332,15 @@ bool VsockGuest::wait_until(const std::function<bool()>& cond, int timeout_ms) {
 vs::Hdr VsockGuest::conn_hdr(const GuestConn& c, vs::Op op) const {
   vs::Hdr h = hdr(op, c.local_port, c.peer_port);
   h.dst_cid = c.peer_cid;
+  h.type = c.type;
   return h;
+}
+
+void VsockGuest::read_queued(GuestConn& c) {
+  c.fwd_cnt += c.unread;
+  c.unread = 0;
+  c.reading = true;
+  send(conn_hdr(c, vs::Op::CREDIT_UPDATE));
 }
 
 GuestConn& VsockGuest::connect(uint32_t local_port, uint32_t host_port) {

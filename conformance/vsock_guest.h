@@ -31,6 +31,7 @@ struct GuestConn {
   uint32_t local_port = 0;   // guest side
   uint32_t peer_port = 0;    // host side, or a sibling VM's
   uint64_t peer_cid = vhu::vsock::kHostCid;
+  uint16_t type = vhu::vsock::kTypeStream;
   bool established = false;
   bool reset = false;
   uint32_t shutdown_flags = 0;
@@ -40,6 +41,11 @@ struct GuestConn {
   uint32_t peer_fwd_cnt = 0;
   uint32_t tx_cnt = 0;         // bytes the guest sent
   std::string received;
+  // False: the guest's application reads nothing yet, so RW payload stays
+  // queued (`unread`) and fwd_cnt does not move; VsockGuest::read_queued()
+  // reads it.
+  bool reading = true;
+  uint32_t unread = 0;
 
   // What the peer's last header lets the guest send.
   uint32_t peer_credit() const { return peer_buf_alloc - (tx_cnt - peer_fwd_cnt); }
@@ -106,6 +112,9 @@ class VsockGuest {
   // One RW packet of all of `data` framed as send_framed() does, once the
   // peer's credit allows it.
   void write_framed(GuestConn& c, std::string_view data, std::span<const uint32_t> pieces, bool indirect = false);
+  // The application reads what `c` holds queued, and reads as it arrives from
+  // then on; the peer hears of the freed space, as Linux tells it after a read.
+  void read_queued(GuestConn& c);
   GuestConn* conn(uint32_t local_port, uint32_t host_port);
   std::map<std::pair<uint32_t, uint32_t>, GuestConn>& conns() { return conns_; }
   // Packets seen that belong to no known connection or are odd (for verdicts).

@@ -6,6 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <limits>
+
+#include "faults.h"
 
 namespace vsockref {
 
@@ -15,7 +18,9 @@ namespace vsockref {
 // (and the stable kernels of the same fix) also bounds the packets it queues
 // for a socket: it refuses one once (queued + 1) * SKB_TRUESIZE(0) exceeds
 // buf_alloc, dropping its data or resetting the connection; SKB_TRUESIZE(0)
-// is 576 bytes on arm64 (libkrun #795, gominimal/minimal #926). Credit does
+// is 576 bytes on x86-64 and arm64 (libkrun #795, gominimal/minimal #926).
+// Later kernels merge queued stream packets near the limit, never one that
+// ends a SEQPACKET message (spec/guest-runs/). Credit does
 // not express that ceiling, and a host program that writes a few hundred
 // bytes at a time would reach it with most of the byte window unused. So
 // each RW packet's end is kept until the peer's fwd_cnt passes it, and a peer
@@ -33,6 +38,7 @@ struct PeerCredit {
   std::deque<uint32_t> ends;  // tx_cnt after each RW packet the peer may still hold
 
   size_t max_packets() const {
+    if (VSOCKREF_FAULT(bytes_only_credit)) return std::numeric_limits<size_t>::max();
     return std::clamp<size_t>(buf_alloc / kBytesPerPacket, 1, kMaxPackets);
   }
   size_t packets_left() const { return ends.size() >= max_packets() ? 0 : max_packets() - ends.size(); }

@@ -25,6 +25,7 @@
   X(device_state_lax_params, "SET_DEVICE_STATE_FD succeeds with an unknown direction or phase, no fd, or unnegotiated") \
   X(save_never_closes, "after writing a saved state, keeps its end of the channel open (no EOF)")    \
   X(exceed_credit, "sends the guest more RW bytes than its credit allows")                            \
+  X(bytes_only_credit, "meters host-to-guest by bytes only: as many small RW packets as the byte credit allows (libkrun #795)") \
   X(rx_before_transport_reset, "puts packets on rx before the TRANSPORT_RESET event after a load")    \
   X(no_transport_reset, "never sends TRANSPORT_RESET after a load")                                   \
   X(accept_spoofed_src_cid, "accepts tx packets whose src_cid is not the guest's CID")                \

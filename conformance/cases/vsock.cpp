@@ -704,6 +704,102 @@ CONFORM_CASE(seqpacket_boundaries,
         fmt::format("EOM-terminated messages of [{}] bytes, {} bytes without EOM", seen, msgs.back().size()));
 }
 
+// Linux (since 6.12.92) refuses a packet once the packets it holds for a
+// socket, plus this one, times SKB_TRUESIZE(0) exceed buf_alloc, and resets
+// the connection; it merges queued stream packets when near the limit, never
+// one that ends a message (spec/guest-runs/). Small SEQPACKET messages are the
+// traffic that meets it whatever the kernel's age.
+CONFORM_CASE(seqpacket_within_linux_packet_limit,
+             .id = "vsock.seqpacket_within_linux_packet_limit",
+             .requirements = {"LINUX-RX-PACKET-LIMIT", "VSOCK-SEQPACKET-EOM"},
+             .summary = "600 host messages of 300 bytes to a guest that reads none yet: at most buf_alloc / 576 RW "
+                        "packets held (Linux resets at the next), and all 600, boundaries kept, once it reads",
+             .device = "vsock",
+             .features = {vhu::feature::VSOCK_F_SEQPACKET},
+             .timeout_ms = 10000) {
+  constexpr int kMessages = 600;
+  constexpr size_t kSize = 300;            // above GOOD_COPY_LEN (128), below which Linux merges a packet
+  constexpr uint32_t kSkbTruesize = 576;   // SKB_TRUESIZE(0) of Linux on x86-64 and arm64
+  QemuFrontend q = started(ctx);
+  if (!vhu::has_bit(q.acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
+    skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
+  auto& g = q.guest();
+  const std::string path = fmt::format("{}_{}", ctx.host().uds(), 9700);
+  auto listener = listen_seqpacket(path);
+  GuestConn& c = g.conns()[{9701, 9700}];
+  c = GuestConn{};
+  c.local_port = 9701;
+  c.peer_port = 9700;
+  c.type = vs::kTypeSeqpacket;
+  c.reading = false;
+  auto req = g.hdr(Op::REQUEST, 9701, 9700);
+  req.type = vs::kTypeSeqpacket;
+  g.send(req);
+  auto host = accept_timeout(listener.get(), std::min(ctx.remaining_ms(), 2000));
+  check(host.valid(), "the back-end to connect to the SOCK_SEQPACKET listener " + path, "no connection");
+  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok && c.established, "a RESPONSE to the SEQPACKET REQUEST", c.reset ? "RST" : "nothing");
+  g.backlog().clear();
+
+  const uint32_t limit = c.buf_alloc / kSkbTruesize;
+  const std::string all = pattern(kMessages * kSize, 12);
+  int sent = 0, held = 0;
+  std::vector<std::string> msgs(1);
+  // The host sends what its socket takes; the guest keeps every packet.
+  auto pump = [&] {
+    while (sent < kMessages &&
+           ::send(host.get(), all.data() + sent * kSize, kSize, MSG_DONTWAIT | MSG_NOSIGNAL) == kSize)
+      ++sent;
+    bool rw = false;
+    for (const auto& p : g.poll_rx()) {
+      if (p.hdr.dst_port != 9701 || p.hdr.src_port != 9700 || p.hdr.op != op(Op::RW)) continue;
+      rw = true;
+      if (!c.reading) ++held;
+      msgs.back().append(p.data.begin(), p.data.end());
+      if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+    }
+    return rw;
+  };
+  // Until the device stops sending to a guest that reads nothing, or has sent
+  // more than Linux holds.
+  auto last_rw = Clock::now();
+  const auto quiet = std::chrono::milliseconds(2 * ctx.cfg().quiet_window_ms);
+  while (held <= static_cast<int>(limit) && !c.reset && ctx.remaining_ms() > 3000 &&
+         (held == 0 || Clock::now() - last_rw < quiet)) {
+    if (pump()) last_rw = Clock::now();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  check(held > 0, "RW packets for the host's messages before the guest reads", "none");
+  check(held <= static_cast<int>(limit),
+        fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
+                    "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS)",
+                    limit, c.buf_alloc, kSkbTruesize),
+        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread));
+  check(!c.reset, "the connection to stay open while the guest holds its packets", "RST");
+  ctx.note(fmt::format("{} RW packets held by the guest before it read (Linux's limit: {})", held, limit));
+
+  // The guest reads, and tells the device as its queue drains, as Linux does.
+  g.read_queued(c);
+  uint32_t told = c.fwd_cnt;
+  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms() - 500, 4000));
+  while (msgs.size() <= kMessages && !c.reset && Clock::now() < end) {
+    pump();
+    if (c.fwd_cnt != told) {
+      auto update = g.hdr(Op::CREDIT_UPDATE, 9701, 9700);
+      update.type = vs::kTypeSeqpacket;
+      g.send(update);
+      told = c.fwd_cnt;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  size_t intact = 0;
+  while (intact + 1 < msgs.size() && msgs[intact] == all.substr(intact * kSize, kSize)) ++intact;
+  check(!c.reset && intact == kMessages && msgs.back().empty(),
+        fmt::format("all {} messages of {} bytes, each ended by EOM, once the guest reads", kMessages, kSize),
+        fmt::format("{}{} intact message(s) of {} with EOM (host sent {}), {} bytes after the last EOM",
+                    c.reset ? "RST; " : "", intact, msgs.size() - 1, sent, msgs.back().size()));
+}
+
 // ---- addressing ----
 
 CONFORM_CASE(spoofed_src_cid_dropped,

@@ -6,7 +6,7 @@
 # connection open (steps in common/e2e_proto.h).
 #
 # usage: run-e2e.sh --backend PATH --guest PATH --host PATH [--workdir DIR]
-#                   [--timeout S] [--size BYTES] [--steps g2h,h2g,many,seq,trickle,reset] [--stop-cont]
+#                   [--timeout S] [--size BYTES] [--steps g2h,h2g,many,seq,trickle,seqtrickle,reset] [--stop-cont]
 #
 # --stop-cont: pause and resume the VM through the HMP monitor (stop-cont.py)
 # again and again while the guest program runs: every vhost-user stop/start
@@ -27,7 +27,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 backend="" guest="" host="" workdir="" timeout=${E2E_TIMEOUT:-300} size=${E2E_SIZE:-67108864}
-steps=${E2E_STEPS:-g2h,h2g,many,seq,trickle,reset}
+steps=${E2E_STEPS:-g2h,h2g,many,seq,trickle,seqtrickle,reset}
 stop_cont=0
 while (($#)); do
   case "$1" in
@@ -63,7 +63,7 @@ else
     if [[ -f /lib/modules/$v/modules.dep ]]; then kernel=$k kver=$v; break; fi
   done
 fi
-[[ -n "$kernel" && -e "$kernel" ]] || skip "no guest kernel: no /boot/vmlinuz-* with /lib/modules/<ver>/modules.dep (Debian package linux-image-cloud-amd64)"
+[[ -n "$kernel" && -e "$kernel" ]] || skip "no guest kernel: no /boot/vmlinuz-* with /lib/modules/<ver>/modules.dep (Debian package linux-image-6.12-cloud-amd64)"
 [[ -r "$kernel" ]] || fail_setup "$kernel is not readable by $(id -un)"
 [[ -n "$guest" && -x "$guest" ]] || fail_setup "--guest: guest program missing ($guest)"
 [[ -n "$host" && -x "$host" ]] || fail_setup "--host: host peer missing ($host)"

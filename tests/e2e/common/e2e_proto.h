@@ -14,7 +14,13 @@
 //        then it reads them all and answers "OK\n" or "BAD <reason>\n". Linux refuses a
 //        packet once (queued + 1) * SKB_TRUESIZE(0) > buf_alloc (since 6.12.92 and the
 //        stable kernels of that fix): a back-end that sends each small write as a packet of
-//        its own, up to the byte credit, loses the connection
+//        its own, up to the byte credit, lost the connection, until Linux learnt to merge
+//        queued stream packets ("vsock/virtio: collapse receive queue under memory
+//        pressure", 2026); the Debian 6.12 kernel here has both
+//   seqtrickle the same over SOCK_SEQPACKET to kPortSeqTrickle, kTrickleWrites messages of
+//        kTrickleWrite bytes: Linux does not merge a packet that ends a message (EOM), so
+//        there the packet limit still holds, and a back-end that meters bytes only loses
+//        the connection (the guest's read fails) with any kernel that has the limit
 //   reset guest opens a connection to kPortReset ("before reset" -> "ack"), resets its
 //        vsock driver (sysfs unbind + bind: a virtio device reset), then connects again
 //        ("after reset" -> "ack"); the host must see the first connection end (EOF)
@@ -47,6 +53,7 @@ inline constexpr uint32_t kPortMany = 5003;
 inline constexpr uint32_t kPortSeq = 5004;
 inline constexpr uint32_t kPortReset = 5005;
 inline constexpr uint32_t kPortTrickle = 5006;
+inline constexpr uint32_t kPortSeqTrickle = 5007;
 
 inline constexpr uint64_t kStreamMagic = 0x314d525453453245ull;  // "E2ESTRM1" little-endian
 inline constexpr uint64_t kSeedG2H = 0x6a09e667f3bcc908ull;

@@ -8,7 +8,7 @@
 //     starting "OK ", then the byte stream.
 //
 // Usage: vsock-e2e-host --uds PATH [--size BYTES] [--timeout S] [--io-timeout S]
-//                       [--steps g2h,h2g,many,seq,trickle,reset]
+//                       [--steps g2h,h2g,many,seq,trickle,seqtrickle,reset]
 // Prints "READY" once every listener exists, one "HOST: PASS|FAIL <step> ..."
 // line per step, and exits 0 only when every step passed. --timeout bounds the
 // whole run (the guest boots meanwhile); --io-timeout bounds each socket operation.
@@ -38,7 +38,7 @@ struct Options {
   uint64_t size = e2e::kDefaultSize;
   int timeout = 240;
   int io_timeout = 60;
-  std::string steps = "g2h,h2g,many,seq,trickle,reset";
+  std::string steps = "g2h,h2g,many,seq,trickle,seqtrickle,reset";
 };
 
 std::mutex g_out;
@@ -248,6 +248,45 @@ bool step_trickle(const Options& o, int lfd, double deadline) {
   return true;
 }
 
+bool step_seqtrickle(const Options& o, int lfd, double deadline) {
+  Err err;
+  const int fd = accept_until(lfd, deadline, o.io_timeout, err);
+  if (fd < 0) {
+    report(false, "seqtrickle", "%s (SOCK_SEQPACKET listener on %s_%u)", err.c_str(), o.uds.c_str(),
+           e2e::kPortSeqTrickle);
+    return false;
+  }
+  const double t0 = e2e::now_s();
+  std::vector<uint8_t> msg(e2e::kTrickleWrite);
+  Err e;
+  for (int i = 0; i < e2e::kTrickleWrites && e.empty(); ++i) {
+    for (size_t j = 0; j < msg.size(); ++j) msg[j] = e2e::trickle_byte(i * msg.size() + j);
+    if (::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size()))
+      e = "message " + std::to_string(i) + ": " + e2e::errno_text("send");
+    ::usleep(1000);  // each message reaches the back-end on its own
+  }
+  const double t1 = e2e::now_s();
+  if (e.empty()) {
+    // The verdict is one message: a one-byte read would drop the rest of it.
+    e2e::set_timeouts(fd, o.io_timeout);
+    char v[512];
+    const ssize_t r = ::recv(fd, v, sizeof v, 0);
+    if (r < 0) e = "verdict: " + e2e::errno_text("recv");
+    else if (r == 0) e = "verdict: EOF (the guest's connection failed)";
+    else if (std::string(v, static_cast<size_t>(r)) != "OK\n")
+      e = "the guest says '" + std::string(v, static_cast<size_t>(r) - (v[r - 1] == '\n')) + "'";
+  }
+  if (e.empty()) e = e2e::finish(fd, 10);
+  ::close(fd);
+  if (!e.empty()) {
+    report(false, "seqtrickle", "%s", e.c_str());
+    return false;
+  }
+  report(true, "seqtrickle", "%d messages of %zu bytes in %.2f s, the guest read them intact", e2e::kTrickleWrites,
+         e2e::kTrickleWrite, t1 - t0);
+  return true;
+}
+
 bool step_seq(const Options& o, int lfd, double deadline) {
   Err err;
   const int fd = accept_until(lfd, deadline, o.io_timeout, err);
@@ -345,7 +384,7 @@ bool step_reset(const Options& o, int lfd, double deadline) {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "vsock-e2e-host: %s\nusage: vsock-e2e-host --uds PATH [--size BYTES] [--timeout S] [--io-timeout S] "
-               "[--steps g2h,h2g,many,seq,trickle,reset]\n",
+               "[--steps g2h,h2g,many,seq,trickle,seqtrickle,reset]\n",
                why);
   std::exit(2);
 }
@@ -377,7 +416,8 @@ int main(int argc, char** argv) {
     int type;
     int fd = -1;
   } ls[] = {{"g2h", e2e::kPortG2H, SOCK_STREAM}, {"many", e2e::kPortMany, SOCK_STREAM}, {"seq", e2e::kPortSeq, SOCK_SEQPACKET},
-                {"reset", e2e::kPortReset, SOCK_STREAM}, {"trickle", e2e::kPortTrickle, SOCK_STREAM}};
+                {"reset", e2e::kPortReset, SOCK_STREAM}, {"trickle", e2e::kPortTrickle, SOCK_STREAM},
+                {"seqtrickle", e2e::kPortSeqTrickle, SOCK_SEQPACKET}};
   for (L& l : ls) {
     if (!wants(o, l.step)) continue;
     Err err;
@@ -413,6 +453,10 @@ int main(int argc, char** argv) {
   if (ls[4].fd >= 0)
     threads.emplace_back([&] {
       if (!step_trickle(o, ls[4].fd, deadline)) ok = false;
+    });
+  if (ls[5].fd >= 0)
+    threads.emplace_back([&] {
+      if (!step_seqtrickle(o, ls[5].fd, deadline)) ok = false;
     });
   for (auto& t : threads) t.join();
   for (L& l : ls)
