@@ -810,6 +810,52 @@ TEST(Integration, SeqpacketKeepsMessageBoundaries) {
   EXPECT_TRUE(got == msg);
 }
 
+// Each host message costs the guest one rx buffer: after a message the device
+// asks the socket whether another waits, rather than taking a buffer to find
+// out and filling it with a CREDIT_UPDATE (one per message until 2026-12-01).
+TEST(Integration, SeqpacketHostMessagesTakeOneRxBufferEach) {
+  Harness h;
+  auto l = vhu::UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = h.cfg.uds_path + "_7001";
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(l.get(), 4), 0);
+  }
+  Guest& g = *h.guest;
+  g.type = vhu::vsock::kTypeSeqpacket;
+  g.realize(kQemuPf);
+  g.post_rx(32);
+  g.start();
+  g.send_pkt(g.hdr(2, 5001, 7001, Op::REQUEST));
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
+  vhu::UniqueFd host(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(host.valid());
+  constexpr int kMessages = 8;
+  int rw = 0, other = 0;
+  for (int i = 0; i < kMessages; ++i) {
+    const auto msg = random_bytes(100, 20 + i);
+    ASSERT_EQ(::send(host.get(), msg.data(), msg.size(), 0), 100);
+    // Each message alone in the socket when the device reads it.
+    while ((p = g.recv_pkt(std::chrono::milliseconds(rw == i + 1 ? 50 : 2000)))) {
+      if (p->hdr.op == op(Op::RW)) {
+        ++rw;
+        EXPECT_TRUE(p->payload == msg) << "message " << i;
+        EXPECT_TRUE(p->hdr.flags & vhu::vsock::kSeqEom) << "message " << i;
+      } else {
+        ++other;
+        ADD_FAILURE() << "message " << i << " was followed by " << vhu::vsock::describe(p->hdr);
+      }
+    }
+  }
+  EXPECT_EQ(rw, kMessages);
+  EXPECT_EQ(other, 0);
+}
+
 // A second VM (CID 4) in the harness's loop and group, served through its
 // own socketpair; torn down on the loop thread, which owns it.
 struct SiblingVm {

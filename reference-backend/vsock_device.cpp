@@ -950,6 +950,12 @@ uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint
   if (last) {
     conn.in_msg_valid = false;
     conn.in_msg.clear();
+    // Whether another message waits, asked now: else the next round would
+    // take an rx buffer to find out, and fill it with a CREDIT_UPDATE. A
+    // zero-length message or the end reads as 0 and is the probe's, above.
+    uint8_t probe;
+    if (::recv(conn.host.get(), &probe, 1, MSG_DONTWAIT | MSG_PEEK) < 0 && errno == EAGAIN)
+      conn.host_readable = false;
     update_interest(conn);
   }
   return n;
