@@ -104,7 +104,9 @@ int real_main(int argc, char** argv) {
   app.add_option("--requirements-file", req_file, "spec/requirements.xml to use");
   app.add_flag("--check-requirements", check_reqs,
                "check traceability (unknown ids, uncovered MUSTs, quotes) and exit 1 on a problem");
-  app.add_option("--spec-sources", spec_sources, "with --check-requirements: directory of the spec texts to find quotes in");
+  app.add_option("--spec-sources", spec_sources,
+                 "with --check-requirements: directory of the spec texts (and ../traces beside it) to find quotes in; "
+                 "without it only the guest runs' quotes (spec/guest-runs) are checked");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -287,7 +287,7 @@ void VsockGuest::handle(const RxPacket& p) {
       break;
     }
     case vs::Op::CREDIT_REQUEST: {
-      send(conn_hdr(*c, vs::Op::CREDIT_UPDATE));
+      credit_update(*c);
       break;
     }
     default: break;
@@ -340,8 +340,10 @@ void VsockGuest::read_queued(GuestConn& c) {
   c.fwd_cnt += c.unread;
   c.unread = 0;
   c.reading = true;
-  send(conn_hdr(c, vs::Op::CREDIT_UPDATE));
+  credit_update(c);
 }
+
+void VsockGuest::credit_update(const GuestConn& c) { send(conn_hdr(c, vs::Op::CREDIT_UPDATE)); }
 
 GuestConn& VsockGuest::connect(uint32_t local_port, uint32_t host_port) {
   return connect_to(vs::kHostCid, local_port, host_port);

@@ -115,6 +115,8 @@ class VsockGuest {
   // The application reads what `c` holds queued, and reads as it arrives from
   // then on; the peer hears of the freed space, as Linux tells it after a read.
   void read_queued(GuestConn& c);
+  // A CREDIT_UPDATE on `c`: its type, buf_alloc and fwd_cnt.
+  void credit_update(const GuestConn& c);
   GuestConn* conn(uint32_t local_port, uint32_t host_port);
   std::map<std::pair<uint32_t, uint32_t>, GuestConn>& conns() { return conns_; }
   // Packets seen that belong to no known connection or are odd (for verdicts).

@@ -785,9 +785,7 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
   while (msgs.size() <= kMessages && !c.reset && Clock::now() < end) {
     pump();
     if (c.fwd_cnt != told) {
-      auto update = g.hdr(Op::CREDIT_UPDATE, 9701, 9700);
-      update.type = vs::kTypeSeqpacket;
-      g.send(update);
+      g.credit_update(c);
       told = c.fwd_cnt;
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
