@@ -856,6 +856,55 @@ TEST(Integration, SeqpacketHostMessagesTakeOneRxBufferEach) {
   EXPECT_EQ(other, 0);
 }
 
+// A SEQPACKET message of no bytes is a message both ways: neither the end of
+// the host's stream (a read of 0 bytes is both) nor held back until the next.
+TEST(Integration, SeqpacketEmptyMessagesPassBothWays) {
+  Harness h;
+  auto l = vhu::UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = h.cfg.uds_path + "_7002";
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(l.get(), 4), 0);
+  }
+  Guest& g = *h.guest;
+  g.type = vhu::vsock::kTypeSeqpacket;
+  g.realize(kQemuPf);
+  g.post_rx(32);
+  g.start();
+  g.send_pkt(g.hdr(2, 5002, 7002, Op::REQUEST));
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
+  vhu::UniqueFd host(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(host.valid());
+  // Host to guest: an empty message, then "abc".
+  ASSERT_EQ(::send(host.get(), "", 0, 0), 0);
+  ASSERT_EQ(::send(host.get(), "abc", 3, 0), 3);
+  for (const size_t want : {size_t{0}, size_t{3}}) {
+    p = g.recv_pkt();
+    ASSERT_TRUE(p) << "no packet for the message of " << want << " bytes";
+    ASSERT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+    EXPECT_EQ(p->hdr.len, want);
+    EXPECT_TRUE(p->hdr.flags & vhu::vsock::kSeqEom);
+  }
+  // Guest to host: an empty message reaches the host before any other.
+  auto e = g.hdr(2, 5002, 7002, Op::RW, 0);
+  e.flags = vhu::vsock::kSeqEom;
+  g.send_pkt(e);
+  pollfd pfd{host.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1) << "the empty message did not reach the host";
+  uint8_t buf[16];
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 0);
+  auto x = g.hdr(2, 5002, 7002, Op::RW, 3);
+  x.flags = vhu::vsock::kSeqEom;
+  g.send_pkt(x, {'x', 'y', 'z'});
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1);
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 3);
+}
+
 // A second VM (CID 4) in the harness's loop and group, served through its
 // own socketpair; torn down on the loop thread, which owns it.
 struct SiblingVm {

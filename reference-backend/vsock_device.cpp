@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -43,6 +44,16 @@ uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
 int socket_queued(int fd) {
   int n = 0;
   return ::ioctl(fd, SIOCINQ, &n) == 0 ? n : -1;
+}
+
+// Whether the host program has closed its end or shut down writing. A
+// SEQPACKET read of 0 bytes means either that or a message of no bytes, and
+// only this tells them apart (a message of no bytes queued before the close
+// still reads as the end).
+bool peer_has_shut_down(int fd) {
+  if (VSOCKREF_FAULT(seqpacket_empty_is_end)) return true;
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) != 0;
 }
 
 // The corrupt_stream_at_64k fault: flips the flow's 65,537th byte if it is
@@ -899,7 +910,7 @@ uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint
     // One host message at a time: its size first, so the whole of it is read.
     uint8_t probe;
     const ssize_t len = ::recv(conn.host.get(), &probe, 1, MSG_DONTWAIT | MSG_PEEK | MSG_TRUNC);
-    if (len == 0 || (len < 0 && errno != EAGAIN && errno != EINTR)) {
+    if ((len == 0 && peer_has_shut_down(conn.host.get())) || (len < 0 && errno != EAGAIN && errno != EINTR)) {
       conn.host_eof = true;
       conn.host_readable = false;
       update_interest(conn);
@@ -1076,7 +1087,8 @@ void VsockDevice::on_host_event(uint64_t id, uint32_t events) {
 }
 
 void VsockDevice::flush_out(Connection& conn) {
-  while (conn.out_bytes() > 0 && conn.host) {
+  // A SEQPACKET message of no bytes is still a message to pass on.
+  while (conn.host && (conn.out_bytes() > 0 || (conn.type == vs::kTypeSeqpacket && !conn.out_msgs.empty()))) {
     size_t len = conn.out_bytes();
     if (conn.type == vs::kTypeSeqpacket) {
       if (conn.out_msgs.empty()) break;  // the message is not complete yet

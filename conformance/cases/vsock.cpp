@@ -640,44 +640,63 @@ std::string recv_message(int fd, int ms) {
   return buf;
 }
 
+// A running device with a SEQPACKET connection the guest opened from
+// `guest_port` to a SOCK_SEQPACKET host listener on `host_port`; the guest's
+// backlog is empty once it is established.
+struct SeqpacketOpened {
+  SeqpacketOpened(Ctx& ctx, uint32_t guest_port, uint32_t host_port, bool reading = true)
+      : q(started(ctx)), g(q.guest()), c(g.conns()[{guest_port, host_port}]) {
+    if (!vhu::has_bit(q.acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
+      skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
+    const std::string path = fmt::format("{}_{}", ctx.host().uds(), host_port);
+    listener = listen_seqpacket(path);
+    c = GuestConn{};
+    c.local_port = guest_port;
+    c.peer_port = host_port;
+    c.type = vs::kTypeSeqpacket;
+    c.reading = reading;
+    auto req = g.hdr(Op::REQUEST, guest_port, host_port);
+    req.type = vs::kTypeSeqpacket;
+    g.send(req);
+    host = accept_timeout(listener.get(), std::min(ctx.remaining_ms(), 2000));
+    check(host.valid(), "the back-end to connect to the SOCK_SEQPACKET listener " + path, "no connection");
+    bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
+    check(ok && c.established, "a RESPONSE to the SEQPACKET REQUEST", c.reset ? "RST" : "nothing");
+    g.backlog().clear();
+  }
+  // One message as RW packets of at most a guest buffer's payload, EOM on the last.
+  void send_message(std::string_view m) {
+    size_t off = 0;
+    do {
+      const size_t n = std::min<size_t>(m.size() - off, VsockGuest::kBufSize - vs::kHdrSize);
+      auto h = g.hdr(Op::RW, c.local_port, c.peer_port);
+      h.type = vs::kTypeSeqpacket;
+      if (off + n == m.size()) h.flags = vs::kSeqEom;
+      g.send(h, {reinterpret_cast<const uint8_t*>(m.data() + off), n});
+      c.tx_cnt += static_cast<uint32_t>(n);
+      off += n;
+    } while (off < m.size());
+  }
+  QemuFrontend q;
+  VsockGuest& g;
+  GuestConn& c;
+  vhu::UniqueFd listener, host;
+};
+
 CONFORM_CASE(seqpacket_boundaries,
              .id = "vsock.seqpacket_boundaries",
              .requirements = {"VSOCK-SEQPACKET-EOM"},
              .summary = "SEQPACKET keeps message boundaries both ways (EOM on the last RW of each message)",
              .device = "vsock",
              .features = {vhu::feature::VSOCK_F_SEQPACKET}) {
-  QemuFrontend q = started(ctx);
-  if (!vhu::has_bit(q.acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
-    skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
-  auto& g = q.guest();
-  const std::string path = fmt::format("{}_{}", ctx.host().uds(), 9300);
-  auto listener = listen_seqpacket(path);
-  auto req = g.hdr(Op::REQUEST, 9301, 9300);
-  req.type = vs::kTypeSeqpacket;
-  GuestConn& c = g.conns()[{9301, 9300}];
-  c = GuestConn{};
-  c.local_port = 9301;
-  c.peer_port = 9300;
-  g.send(req);
-  auto host = accept_timeout(listener.get(), std::min(ctx.remaining_ms(), 2000));
-  check(host.valid(), "the back-end to connect to the SOCK_SEQPACKET listener " + path, "no connection");
-  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
-  check(ok && c.established, "a RESPONSE to the SEQPACKET REQUEST", c.reset ? "RST" : "nothing");
+  SeqpacketOpened s(ctx, 9301, 9300);
+  auto& g = s.g;
+  auto& c = s.c;
+  auto& host = s.host;
   // Guest to host: a short message, then one that takes two RW packets.
   const std::string m1 = pattern(100, 8), m2 = pattern(6000, 9);
-  auto send_msg = [&](const std::string& m) {
-    for (size_t off = 0; off < m.size();) {
-      const size_t n = std::min<size_t>(m.size() - off, VsockGuest::kBufSize - vs::kHdrSize);
-      auto h = g.hdr(Op::RW, 9301, 9300);
-      h.type = vs::kTypeSeqpacket;
-      if (off + n == m.size()) h.flags = vs::kSeqEom;
-      g.send(h, {reinterpret_cast<const uint8_t*>(m.data() + off), n});
-      c.tx_cnt += static_cast<uint32_t>(n);
-      off += n;
-    }
-  };
-  send_msg(m1);
-  send_msg(m2);
+  s.send_message(m1);
+  s.send_message(m2);
   std::string r1 = recv_message(host.get(), std::min(ctx.remaining_ms(), 1000));
   std::string r2 = recv_message(host.get(), std::min(ctx.remaining_ms(), 1000));
   check(r1 == m1 && r2 == m2, "the host to receive the guest's two messages (100 and 6000 bytes) as two messages",
@@ -720,26 +739,10 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
   constexpr int kMessages = 600;
   constexpr size_t kSize = 300;            // above GOOD_COPY_LEN (128), below which Linux merges a packet
   constexpr uint32_t kSkbTruesize = 576;   // SKB_TRUESIZE(0) of Linux on x86-64 and arm64
-  QemuFrontend q = started(ctx);
-  if (!vhu::has_bit(q.acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
-    skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
-  auto& g = q.guest();
-  const std::string path = fmt::format("{}_{}", ctx.host().uds(), 9700);
-  auto listener = listen_seqpacket(path);
-  GuestConn& c = g.conns()[{9701, 9700}];
-  c = GuestConn{};
-  c.local_port = 9701;
-  c.peer_port = 9700;
-  c.type = vs::kTypeSeqpacket;
-  c.reading = false;
-  auto req = g.hdr(Op::REQUEST, 9701, 9700);
-  req.type = vs::kTypeSeqpacket;
-  g.send(req);
-  auto host = accept_timeout(listener.get(), std::min(ctx.remaining_ms(), 2000));
-  check(host.valid(), "the back-end to connect to the SOCK_SEQPACKET listener " + path, "no connection");
-  bool ok = g.wait_until([&] { return c.established || c.reset; }, std::min(ctx.remaining_ms(), 2000));
-  check(ok && c.established, "a RESPONSE to the SEQPACKET REQUEST", c.reset ? "RST" : "nothing");
-  g.backlog().clear();
+  SeqpacketOpened s(ctx, 9701, 9700, /*reading=*/false);
+  auto& g = s.g;
+  auto& c = s.c;
+  auto& host = s.host;
 
   const uint32_t limit = c.buf_alloc / kSkbTruesize;
   const std::string all = pattern(kMessages * kSize, 12);
@@ -796,6 +799,49 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
         fmt::format("all {} messages of {} bytes, each ended by EOM, once the guest reads", kMessages, kSize),
         fmt::format("{}{} intact message(s) of {} with EOM (host sent {}), {} bytes after the last EOM",
                     c.reset ? "RST; " : "", intact, msgs.size() - 1, sent, msgs.back().size()));
+}
+
+// A read of 0 bytes from a SOCK_SEQPACKET socket is a message of no bytes or
+// the end of the peer's stream; a device that takes the first for the second
+// ends a connection that had more to say.
+CONFORM_CASE(seqpacket_empty_message,
+             .id = "vsock.seqpacket_empty_message",
+             .requirements = {"VSOCK-SEQPACKET-EOM"},
+             .summary = "a SEQPACKET message of no bytes passes both ways as one RW of length 0 with EOM, and the "
+                        "connection goes on",
+             .device = "vsock",
+             .features = {vhu::feature::VSOCK_F_SEQPACKET}) {
+  SeqpacketOpened s(ctx, 9801, 9800);
+  auto& g = s.g;
+  auto& c = s.c;
+  // Host to guest: an empty message, then "abc".
+  check(::send(s.host.get(), "", 0, 0) == 0 && ::send(s.host.get(), "abc", 3, 0) == 3,
+        "the host to send an empty message and a message of 3 bytes", std::strerror(errno));
+  g.wait_until([&] { return c.received.size() >= 3 || c.reset || c.shutdown_flags; },
+               std::min(ctx.remaining_ms(), 2000));
+  std::string seen;
+  std::vector<std::string> msgs(1);
+  for (const auto& p : flow_packets(g, 9801, 9800)) {
+    seen += fmt::format("{}{}", seen.empty() ? "" : "; ", vs::describe(p.hdr));
+    if (p.hdr.op != op(Op::RW)) continue;
+    msgs.back().append(p.data.begin(), p.data.end());
+    if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+  }
+  check(!c.reset && !c.shutdown_flags && msgs.size() == 3 && msgs[0].empty() && msgs[1] == "abc",
+        "an RW of length 0 with EOM, then \"abc\" with EOM, and the connection still open",
+        seen.empty() ? "nothing" : seen);
+  // Guest to host: an empty message reaches the host at once, not with the next.
+  s.send_message("");
+  pollfd p{s.host.get(), POLLIN, 0};
+  check(::poll(&p, 1, std::min(ctx.remaining_ms(), 1000)) == 1, "the guest's empty message at the host",
+        "nothing within 1 s");
+  char buf[16];
+  check(::recv(s.host.get(), buf, sizeof buf, MSG_DONTWAIT) == 0, "a message of 0 bytes at the host",
+        "a message with bytes");
+  s.send_message("xyz");
+  const std::string next = recv_message(s.host.get(), std::min(ctx.remaining_ms(), 1000));
+  check(next == "xyz", "the guest's next message, \"xyz\", after the empty one (not the end of the stream)",
+        fmt::format("\"{}\"", next));
 }
 
 // ---- addressing ----
