@@ -510,6 +510,25 @@ void vsock_seeds(const fs::path& dir) {
     c.rx_post(8, 64);
     write_file(dir / "seed-seqpacket", c.out);
   }
+  {  // seqpacket messages of no bytes both ways, each between two with bytes
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.tx(packet(vs::Op::REQUEST, 6001, 1025, 0, vs::kTypeSeqpacket));
+    vs::Hdr empty = packet(vs::Op::RW, 6001, 1025, 0, vs::kTypeSeqpacket);
+    empty.flags = vs::kSeqEom;
+    vs::Hdr rw = packet(vs::Op::RW, 6001, 1025, 100, vs::kTypeSeqpacket);
+    rw.flags = vs::kSeqEom;
+    c.tx(rw, std::span<const uint8_t>(data).first(100));
+    c.tx(empty);
+    c.host_write(0, {});
+    c.host_write(0, std::span<const uint8_t>(data).first(100));
+    c.host_read(0, 4096);
+    c.host_read(0, 4096);
+    c.tx(empty);
+    c.tx(rw, std::span<const uint8_t>(data).first(100));
+    c.host_write(0, {});
+    write_file(dir / "seed-seqpacket-empty", c.out);
+  }
   {  // a load: TRANSPORT_RESET on the event ring, host connects held until the config read
     Conversation c;
     c.simple(7);
