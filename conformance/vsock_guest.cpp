@@ -283,7 +283,7 @@ void VsockGuest::handle(const RxPacket& p) {
     case vs::Op::SHUTDOWN: c->shutdown_flags |= h.flags; break;
     case vs::Op::RW: {
       c->received.append(p.data.begin(), p.data.end());
-      (c->reading ? c->fwd_cnt : c->unread) += static_cast<uint32_t>(p.data.size());
+      if (c->reading) c->fwd_cnt += static_cast<uint32_t>(p.data.size());
       break;
     }
     case vs::Op::CREDIT_REQUEST: {
@@ -337,8 +337,7 @@ vs::Hdr VsockGuest::conn_hdr(const GuestConn& c, vs::Op op) const {
 }
 
 void VsockGuest::read_queued(GuestConn& c) {
-  c.fwd_cnt += c.unread;
-  c.unread = 0;
+  c.fwd_cnt += c.unread();
   c.reading = true;
   credit_update(c);
 }

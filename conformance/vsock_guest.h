@@ -42,13 +42,14 @@ struct GuestConn {
   uint32_t tx_cnt = 0;         // bytes the guest sent
   std::string received;
   // False: the guest's application reads nothing yet, so RW payload stays
-  // queued (`unread`) and fwd_cnt does not move; VsockGuest::read_queued()
+  // queued (unread()) and fwd_cnt does not move; VsockGuest::read_queued()
   // reads it.
   bool reading = true;
-  uint32_t unread = 0;
 
   // What the peer's last header lets the guest send.
   uint32_t peer_credit() const { return peer_buf_alloc - (tx_cnt - peer_fwd_cnt); }
+  // Payload received and not yet consumed.
+  uint32_t unread() const { return static_cast<uint32_t>(received.size()) - fwd_cnt; }
 };
 
 class VsockGuest {

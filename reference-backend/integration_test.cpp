@@ -764,28 +764,35 @@ TEST(Integration, FrontEndKeepingTheEventQueueActivatesAtStart) {
   EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
 }
 
-TEST(Integration, SeqpacketKeepsMessageBoundaries) {
-  Harness h;
+// A running device with a SEQPACKET connection from guest port `guest_port`
+// to a SOCK_SEQPACKET host listener on `host_port`; `host` is the host's end.
+void open_seqpacket(Harness& h, uint32_t guest_port, uint32_t host_port, vhu::UniqueFd& host) {
   auto l = vhu::UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  {
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    const std::string path = h.cfg.uds_path + "_7000";
-    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    ASSERT_EQ(::listen(l.get(), 4), 0);
-  }
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  const std::string path = h.cfg.uds_path + "_" + std::to_string(host_port);
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(l.get(), 4), 0);
   Guest& g = *h.guest;
   g.type = vhu::vsock::kTypeSeqpacket;
   g.realize(kQemuPf);
   g.post_rx(32);
   g.start();
-  g.send_pkt(g.hdr(2, 5000, 7000, Op::REQUEST));
+  g.send_pkt(g.hdr(2, guest_port, host_port, Op::REQUEST));
   auto p = g.recv_pkt();
   ASSERT_TRUE(p);
   ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
-  vhu::UniqueFd host(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  host = vhu::UniqueFd(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
   ASSERT_TRUE(host.valid());
+}
+
+TEST(Integration, SeqpacketKeepsMessageBoundaries) {
+  Harness h;
+  Guest& g = *h.guest;
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5000, 7000, host));
+  std::optional<Packet> p;
   // One message in two RW packets, EOM on the second.
   auto a = g.hdr(2, 5000, 7000, Op::RW, 3);
   g.send_pkt(a, {'a', 'b', 'c'});
@@ -815,26 +822,10 @@ TEST(Integration, SeqpacketKeepsMessageBoundaries) {
 // out and filling it with a CREDIT_UPDATE (one per message until 2026-12-01).
 TEST(Integration, SeqpacketHostMessagesTakeOneRxBufferEach) {
   Harness h;
-  auto l = vhu::UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  {
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    const std::string path = h.cfg.uds_path + "_7001";
-    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    ASSERT_EQ(::listen(l.get(), 4), 0);
-  }
   Guest& g = *h.guest;
-  g.type = vhu::vsock::kTypeSeqpacket;
-  g.realize(kQemuPf);
-  g.post_rx(32);
-  g.start();
-  g.send_pkt(g.hdr(2, 5001, 7001, Op::REQUEST));
-  auto p = g.recv_pkt();
-  ASSERT_TRUE(p);
-  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
-  vhu::UniqueFd host(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  ASSERT_TRUE(host.valid());
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5001, 7001, host));
+  std::optional<Packet> p;
   constexpr int kMessages = 8;
   int rw = 0, other = 0;
   for (int i = 0; i < kMessages; ++i) {
@@ -860,26 +851,10 @@ TEST(Integration, SeqpacketHostMessagesTakeOneRxBufferEach) {
 // the host's stream (a read of 0 bytes is both) nor held back until the next.
 TEST(Integration, SeqpacketEmptyMessagesPassBothWays) {
   Harness h;
-  auto l = vhu::UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  {
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    const std::string path = h.cfg.uds_path + "_7002";
-    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    ASSERT_EQ(::listen(l.get(), 4), 0);
-  }
   Guest& g = *h.guest;
-  g.type = vhu::vsock::kTypeSeqpacket;
-  g.realize(kQemuPf);
-  g.post_rx(32);
-  g.start();
-  g.send_pkt(g.hdr(2, 5002, 7002, Op::REQUEST));
-  auto p = g.recv_pkt();
-  ASSERT_TRUE(p);
-  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
-  vhu::UniqueFd host(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  ASSERT_TRUE(host.valid());
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5002, 7002, host));
+  std::optional<Packet> p;
   // Host to guest: an empty message, then "abc".
   ASSERT_EQ(::send(host.get(), "", 0, 0), 0);
   ASSERT_EQ(::send(host.get(), "abc", 3, 0), 3);

@@ -640,6 +640,13 @@ std::string recv_message(int fd, int ms) {
   return buf;
 }
 
+// Appends an RW packet's payload to the message it continues (the last of
+// `msgs`); its EOM ends that message and starts the next.
+void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p) {
+  msgs.back().append(p.data.begin(), p.data.end());
+  if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+}
+
 // A running device with a SEQPACKET connection the guest opened from
 // `guest_port` to a SOCK_SEQPACKET host listener on `host_port`; the guest's
 // backlog is empty once it is established.
@@ -713,8 +720,7 @@ CONFORM_CASE(seqpacket_boundaries,
   for (const auto& p : flow_packets(g, 9301, 9300)) {
     if (p.hdr.op != op(Op::RW)) continue;
     check(p.hdr.type == vs::kTypeSeqpacket, "type SEQPACKET on the connection's RW packets", vs::describe(p.hdr));
-    msgs.back().append(p.data.begin(), p.data.end());
-    if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+    add_to_messages(msgs, p);
   }
   std::string seen;
   for (size_t i = 0; i + 1 < msgs.size(); ++i) seen += fmt::format("{}{}", i ? ", " : "", msgs[i].size());
@@ -758,8 +764,7 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
       if (p.hdr.dst_port != 9701 || p.hdr.src_port != 9700 || p.hdr.op != op(Op::RW)) continue;
       rw = true;
       if (!c.reading) ++held;
-      msgs.back().append(p.data.begin(), p.data.end());
-      if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+      add_to_messages(msgs, p);
     }
     return rw;
   };
@@ -777,7 +782,7 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
         fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
                     "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS)",
                     limit, c.buf_alloc, kSkbTruesize),
-        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread));
+        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread()));
   check(!c.reset, "the connection to stay open while the guest holds its packets", "RST");
   ctx.note(fmt::format("{} RW packets held by the guest before it read (Linux's limit: {})", held, limit));
 
@@ -824,8 +829,7 @@ CONFORM_CASE(seqpacket_empty_message,
   for (const auto& p : flow_packets(g, 9801, 9800)) {
     seen += fmt::format("{}{}", seen.empty() ? "" : "; ", vs::describe(p.hdr));
     if (p.hdr.op != op(Op::RW)) continue;
-    msgs.back().append(p.data.begin(), p.data.end());
-    if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
+    add_to_messages(msgs, p);
   }
   check(!c.reset && !c.shutdown_flags && msgs.size() == 3 && msgs[0].empty() && msgs[1] == "abc",
         "an RW of length 0 with EOM, then \"abc\" with EOM, and the connection still open",

@@ -182,6 +182,22 @@ inline Err read_full(int fd, void* data, size_t n, size_t* got = nullptr) {
 }
 
 // Reads one line (without the '\n'), one byte at a time so nothing after it is consumed.
+// Receives one SEQPACKET message into `buf` (larger than `want`, so a longer
+// message shows) and checks that it came whole with `want` bytes.
+inline Err recv_message(int fd, std::vector<uint8_t>& buf, size_t want) {
+  iovec iov{buf.data(), buf.size()};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  const ssize_t r = ::recvmsg(fd, &m, 0);
+  if (r < 0) return errno_text("recvmsg");
+  if (r == 0) return "EOF";
+  if (m.msg_flags & MSG_TRUNC) return "MSG_TRUNC set";
+  if (static_cast<size_t>(r) != want)
+    return std::to_string(r) + " bytes, want " + std::to_string(want) + " (boundaries lost)";
+  return {};
+}
+
 inline Err read_line(int fd, std::string& line, size_t max = 256) {
   line.clear();
   for (;;) {

@@ -264,17 +264,8 @@ bool step_seqtrickle(const Options& o) {
   std::string e;
   int got = 0;
   for (; got < e2e::kTrickleWrites && e.empty(); ++got) {
-    iovec iov{buf.data(), buf.size()};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    const ssize_t r = ::recvmsg(fd, &m, 0);
-    if (r < 0) e = e2e::errno_text("recvmsg");
-    else if (r == 0) e = "EOF";
-    else if (m.msg_flags & MSG_TRUNC) e = "MSG_TRUNC set";
-    else if (static_cast<size_t>(r) != e2e::kTrickleWrite)
-      e = std::to_string(r) + " bytes, want " + std::to_string(e2e::kTrickleWrite) + " (boundaries lost)";
-    else
+    e = e2e::recv_message(fd, buf, e2e::kTrickleWrite);
+    if (e.empty())
       for (size_t j = 0; j < e2e::kTrickleWrite && e.empty(); ++j)
         if (buf[j] != e2e::trickle_byte(static_cast<size_t>(got) * e2e::kTrickleWrite + j))
           e = "content differs at byte " + std::to_string(j);
@@ -322,17 +313,8 @@ bool step_seq(const Options& o) {
   }
   for (size_t i = 0; i < e2e::kSeqCount; ++i) {
     const size_t want = e2e::kSeqSizes[e2e::kSeqCount - 1 - i];
-    iovec iov{buf.data(), buf.size()};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    const ssize_t r = ::recvmsg(fd, &m, 0);
-    std::string e;
-    if (r < 0) e = e2e::errno_text("recvmsg");
-    else if (r == 0) e = "EOF";
-    else if (m.msg_flags & MSG_TRUNC) e = "MSG_TRUNC set";
-    else if (static_cast<size_t>(r) != want) e = "got " + std::to_string(r) + " bytes, want " + std::to_string(want);
-    else
+    std::string e = e2e::recv_message(fd, buf, want);
+    if (e.empty())
       for (size_t j = 0; j < want; ++j)
         if (buf[j] != e2e::seq_byte(1, i, j)) {
           e = "content differs at byte " + std::to_string(j);

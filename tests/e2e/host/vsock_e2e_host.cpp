@@ -303,17 +303,7 @@ bool step_seq(const Options& o, int lfd, double deadline) {
   };
   for (size_t i = 0; i < e2e::kSeqCount; ++i) {
     const size_t want = e2e::kSeqSizes[i];
-    iovec iov{buf.data(), buf.size()};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    const ssize_t r = ::recvmsg(fd, &m, 0);
-    if (r < 0) return fail("message " + std::to_string(i) + ": " + e2e::errno_text("recvmsg"));
-    if (r == 0) return fail("message " + std::to_string(i) + ": EOF");
-    if (m.msg_flags & MSG_TRUNC) return fail("message " + std::to_string(i) + ": MSG_TRUNC");
-    if (static_cast<size_t>(r) != want)
-      return fail("message " + std::to_string(i) + ": " + std::to_string(r) + " bytes, want " + std::to_string(want) +
-                  " (boundaries lost)");
+    if (Err e = e2e::recv_message(fd, buf, want); !e.empty()) return fail("message " + std::to_string(i) + ": " + e);
     for (size_t j = 0; j < want; ++j)
       if (buf[j] != e2e::seq_byte(0, i, j))
         return fail("message " + std::to_string(i) + ": content differs at byte " + std::to_string(j));
