@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -83,23 +84,28 @@ std::string dir_of(const std::string& path) {
   const auto slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
-// The files a quote must be found in. Spec texts and QEMU traces come from the
-// spec-sources directory (empty: not checked); a guest run was recorded by this
-// project, so it lives beside the catalog and is always checked.
-std::vector<std::string> files_for(const Requirement& r, const Quote& q, const std::string& spec_sources,
-                                   const std::string& catalog_dir) {
-  if (r.source == "guest") return {catalog_dir + "/guest-runs/" + q.text};
-  if (spec_sources.empty()) return {};
+// The files a quote must be found in; nullopt for a source this catalog does
+// not know. Spec texts and QEMU traces come from the spec-sources directory
+// (empty: not checked); a guest run was recorded by this project, so it lives
+// beside the catalog and is always checked.
+std::optional<std::vector<std::string>> files_for(const Requirement& r, const Quote& q,
+                                                  const std::string& spec_sources, const std::string& catalog_dir) {
+  if (r.source == "guest") return std::vector<std::string>{catalog_dir + "/guest-runs/" + q.text};
+  std::vector<std::string> texts;
   if (r.source == "vhost-user") {
-    if (q.text == "upstream") return {spec_sources + "/vhost-user.qemu-upstream-f6b615b.rst"};
-    if (q.text == "newest") return {spec_sources + "/vhost-user.rst"};
-    return {spec_sources + "/vhost-user.qemu-upstream-f6b615b.rst", spec_sources + "/vhost-user.rst"};
+    if (q.text != "newest") texts.push_back("vhost-user.qemu-upstream-f6b615b.rst");
+    if (q.text != "upstream") texts.push_back("vhost-user.rst");
+  } else if (r.source == "virtio") {
+    texts.push_back(q.text);
+  } else if (r.source == "trace") {
+    texts.push_back("../traces/" + q.text);
+  } else {
+    return std::nullopt;
   }
-  if (r.source == "virtio") return {spec_sources + "/" + q.text};
-  if (r.source == "trace") return {spec_sources + "/../traces/" + q.text};
-  return {};
+  if (spec_sources.empty()) return std::vector<std::string>{};
+  for (auto& t : texts) t = spec_sources + "/" + t;
+  return texts;
 }
-bool known_source(const std::string& s) { return s == "vhost-user" || s == "virtio" || s == "trace" || s == "guest"; }
 }  // namespace
 
 std::vector<std::string> check_traceability(const Requirements& reqs, const std::vector<CaseInfo>& cases,
@@ -122,12 +128,13 @@ std::vector<std::string> check_traceability(const Requirements& reqs, const std:
                                 r.source, r.section));
     if (r.level == "CONVENTION" && r.source != "trace" && r.source != "guest")
       bad.push_back(r.id + ": a CONVENTION must cite a trace or a guest run (source=\"trace\" or \"guest\")");
-    if (!known_source(r.source)) {
-      bad.push_back(fmt::format("{}: unknown source '{}'", r.id, r.source));
-      continue;
-    }
     for (const auto& q : r.quotes) {
-      for (const auto& f : files_for(r, q, spec_sources, dir_of(reqs.path()))) {
+      const auto files = files_for(r, q, spec_sources, dir_of(reqs.path()));
+      if (!files) {
+        bad.push_back(fmt::format("{}: unknown source '{}'", r.id, r.source));
+        break;
+      }
+      for (const auto& f : *files) {
         std::string body = slurp(f);
         if (body.empty()) {
           bad.push_back(fmt::format("{}: cannot read {}", r.id, f));
