@@ -30,10 +30,12 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "group_cpu.h"
 #include "vhu/channel.h"
 #include "vhu/features.h"
 #include "vhu/messages.h"
@@ -172,6 +174,8 @@ class Backend {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
+  // The back-end's process group: the shell and what it started.
+  pid_t group() const { return pid_; }
   std::string socket, uds, command;
 
  private:
@@ -222,6 +226,7 @@ struct Options {
   // How long an idle guest watches its used rings before it sleeps, as a KVM
   // vCPU polls before it halts (halt_poll_ns). 0: it sleeps at once.
   unsigned guest_poll_us = 0;
+  std::string direction = "both";
 };
 
 // One stream connection as the guest sees it.
@@ -313,7 +318,7 @@ class Guest {
   }
 
   // Host writes `total` bytes in writes of `write_size` to the guest.
-  double host_to_guest(const std::string& uds, size_t write_size, uint64_t total) {
+  double host_to_guest(const std::string& uds, size_t write_size, uint64_t total, bench::CpuMeter& cpu) {
     const uint32_t port = next_port_++;
     Clock::time_point t0;
     std::string host_err;
@@ -332,6 +337,7 @@ class Guest {
       while (::read(fd->get(), &c, 1) == 1 && c != '\n') ok += c;
       if (ok.rfind("OK ", 0) != 0) return fail("no OK line after CONNECT: '" + ok + "'");
       const auto pat = pattern(write_size);
+      cpu.start();
       t0 = Clock::now();
       for (uint64_t sent = 0; sent < total; sent += write_size)
         if (!write_all(fd->get(), pat.data() + sent % kPeriod, std::min<uint64_t>(write_size, total - sent)))
@@ -345,6 +351,7 @@ class Guest {
     run_until([&] { return conn_.established || host_failed; }, "host-initiated connection");
     run_until([&] { return conn_.received >= total || host_failed; }, "host-to-guest data");
     const auto t1 = Clock::now();
+    cpu.stop();
     close_conn();
     host.join();
     if (!host_err.empty()) die(host_err);
@@ -352,7 +359,7 @@ class Guest {
   }
 
   // The guest writes `total` bytes in writes of `write_size` to a host listener.
-  double guest_to_host(const std::string& uds, size_t write_size, uint64_t total) {
+  double guest_to_host(const std::string& uds, size_t write_size, uint64_t total, bench::CpuMeter& cpu) {
     const uint32_t port = next_port_++;
     auto l = vhu::listen_unix(uds + "_" + std::to_string(port));
     if (!l) die("cannot listen on " + uds + "_" + std::to_string(port));
@@ -366,6 +373,7 @@ class Guest {
       } else {
         host_err = read_stream(a->get(), total, write_size);
         t1 = Clock::now();
+        cpu.stop();
       }
       host_done = true;
     });
@@ -375,6 +383,7 @@ class Guest {
     queue_pkt(make_hdr(vs::Op::REQUEST, 0));
     flush_tx();
     run_until([&] { return conn_.established || host_done; }, "guest-initiated connection");
+    cpu.start();
     const auto t0 = Clock::now();
     uint64_t sent = 0;
     while (sent < total && !host_done) {
@@ -623,6 +632,32 @@ std::string size_name(size_t n) {
 
 }  // namespace
 
+// One figure: the best run's rate and the back-end's CPU use during it.
+struct Figure {
+  double mib_per_s = 0;
+  std::optional<double> cpu;  // percent of one CPU; unknown without /proc
+  void keep_best(const Figure& f) {
+    if (f.mib_per_s > mib_per_s) *this = f;
+  }
+};
+
+// One transfer, with the back-end group's CPU use over the same stretch.
+template <typename Transfer>
+Figure measure(const Backend& backend, Transfer transfer) {
+  bench::CpuMeter cpu(backend.group());
+  Figure f;
+  f.mib_per_s = transfer(cpu);
+  f.cpu = cpu.percent();
+  return f;
+}
+
+template <typename... Args>
+std::string fmt_figure(const char* format, Args... args) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, format, args...);
+  return buf;
+}
+
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Stream throughput through a vhost-user vsock back-end, against a bare Unix socketpair copy"};
@@ -642,6 +677,8 @@ int main(int argc, char** argv) {
                  "microseconds an idle guest polls its used rings before it sleeps on the call fds, as a KVM vCPU "
                  "polls before halting (halt_poll_ns); 0, the default, sleeps at once")
       ->check(CLI::Range(0, 1000000));
+  app.add_option("--direction", o.direction, "which transfers to measure (the bound is measured either way)")
+      ->check(CLI::IsMember({"both", "host-to-guest", "guest-to-host"}));
   CLI11_PARSE(app, argc, argv);
   ::signal(SIGPIPE, SIG_IGN);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, on_signal);
@@ -654,16 +691,27 @@ int main(int argc, char** argv) {
   std::printf("back-end: %s\n", o.spawn.c_str());
   std::printf("%llu MiB per figure, best of %u; guest: queue size %u, rx buffers %u bytes, buf_alloc %u, polls %u us\n",
               static_cast<unsigned long long>(o.mib), o.runs, o.queue_size, o.rx_buf, o.buf_alloc, o.guest_poll_us);
-  std::printf("%-10s %12s %16s %7s %16s %7s\n", "write", "bound MiB/s", "host->guest", "ratio", "guest->host", "ratio");
+  const bool h2g_on = o.direction != "guest-to-host", g2h_on = o.direction != "host-to-guest";
+  std::printf("cpu: the back-end's CPU time over the transfer's (100%% = one CPU busy throughout)\n");
+  std::printf("%-10s %12s %16s %7s %5s %16s %7s %5s\n", "write", "bound MiB/s", "host->guest", "ratio", "cpu",
+              "guest->host", "ratio", "cpu");
+  auto column = [](bool on, const Figure& f, double bound) {
+    if (!on) return fmt_figure("%16s %7s %5s", "-", "-", "-");
+    const std::string cpu = f.cpu ? fmt_figure("%.0f%%", *f.cpu) : "?";
+    return fmt_figure("%16.0f %6.0f%% %5s", f.mib_per_s, 100 * f.mib_per_s / bound, cpu.c_str());
+  };
   for (size_t s : o.sizes) {
-    double bound = 0, h2g = 0, g2h = 0;
+    double bound = 0;
+    Figure h2g, g2h;
     for (unsigned r = 0; r < o.runs; ++r) {
       bound = std::max(bound, socketpair_copy(s, total));
-      h2g = std::max(h2g, guest.host_to_guest(backend.uds, s, total));
-      g2h = std::max(g2h, guest.guest_to_host(backend.uds, s, total));
+      if (h2g_on)
+        h2g.keep_best(measure(backend, [&](bench::CpuMeter& m) { return guest.host_to_guest(backend.uds, s, total, m); }));
+      if (g2h_on)
+        g2h.keep_best(measure(backend, [&](bench::CpuMeter& m) { return guest.guest_to_host(backend.uds, s, total, m); }));
     }
-    std::printf("%-10s %12.0f %16.0f %6.0f%% %16.0f %6.0f%%\n", size_name(s).c_str(), bound, h2g, 100 * h2g / bound,
-                g2h, 100 * g2h / bound);
+    std::printf("%-10s %12.0f %s %s\n", size_name(s).c_str(), bound, column(h2g_on, h2g, bound).c_str(),
+                column(g2h_on, g2h, bound).c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -1,0 +1,73 @@
+#include "group_cpu.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+// A child in a process group of its own that burns CPU until killed.
+pid_t spinning_group() {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    volatile uint64_t n = 0;
+    for (;;) n = n + 1;
+  }
+  ::setpgid(pid, pid);
+  return pid;
+}
+
+void end(pid_t pid) {
+  ::kill(-pid, SIGKILL);
+  int st;
+  ::waitpid(pid, &st, 0);
+}
+
+TEST(GroupCpu, CountsTheGroupsRunningTime) {
+  const pid_t g = spinning_group();
+  ASSERT_GT(g, 0);
+  bench::CpuMeter m(g);
+  m.start();
+  ::usleep(300 * 1000);
+  m.stop();
+  end(g);
+  ASSERT_TRUE(m.percent().has_value());
+  // Other tests may share the CPUs, so only "it ran a fair part of the time";
+  // and one thread never runs on more than one CPU.
+  EXPECT_GT(*m.percent(), 10.0);
+  EXPECT_LT(*m.percent(), 105.0);
+}
+
+TEST(GroupCpu, IdleGroupUsesNone) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::pause();
+    ::_exit(0);
+  }
+  ::setpgid(pid, pid);
+  bench::CpuMeter m(pid);
+  m.start();
+  ::usleep(200 * 1000);
+  m.stop();
+  end(pid);
+  ASSERT_TRUE(m.percent().has_value());
+  EXPECT_LT(*m.percent(), 5.0);
+}
+
+TEST(GroupCpu, NoSuchGroupIsUnknown) {
+  // Group ids are process ids; a process that was reaped leaves none behind.
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  int st;
+  ::waitpid(pid, &st, 0);
+  EXPECT_FALSE(bench::group_cpu_ns(pid).has_value());
+  bench::CpuMeter m(pid);
+  m.start();
+  m.stop();
+  EXPECT_FALSE(m.percent().has_value());
+}
+
+}  // namespace
