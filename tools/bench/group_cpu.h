@@ -10,10 +10,11 @@
 
 namespace bench {
 
-// Nanoseconds every thread of every process in group `pgid` has run, from
-// /proc/PID/task/TID/schedstat. Threads that ended are not counted, so take
-// the difference over a stretch in which the back-end starts none. Nullopt
-// when /proc cannot tell (no schedstat, or no process in the group).
+// Nanoseconds every process in group `pgid` has run, all its threads
+// included (each process's CPU clock; the group's members are found in
+// /proc). A process that ends takes its time with it, so take the difference
+// over a stretch in which the back-end ends none. Nullopt when no process of
+// the group is found.
 std::optional<uint64_t> group_cpu_ns(pid_t pgid);
 
 // The group's CPU use between start() and stop(), as a percentage of one CPU
