@@ -19,9 +19,11 @@ namespace conform {
 
 enum class TargetMode { Connect, Spawn, Listen };
 
-// The descriptor number a spawned back-end finds TargetSpec::inherit_fd at:
-// the first one after stdin, stdout and stderr.
-constexpr int kInheritedFd = 3;
+// The descriptor number a spawned back-end finds TargetSpec::inherit_fd at.
+// Not 3: libvirt hands a descriptor over at whatever number it has, while 3
+// is where systemd's socket activation puts the first one, so a back-end that
+// takes 3 for granted instead of reading --fd=FDNUM would pass with 3.
+constexpr int kInheritedFd = 7;
 
 struct TargetSpec {
   TargetMode mode = TargetMode::Spawn;

@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <fstream>
 #include <string>
 #include <utility>
@@ -181,17 +183,17 @@ TEST(Backend, GroupWaitNamesWhatIgnoredTheSignal) {
 
 // The inherited descriptor is the back-end's kInheritedFd, whatever number
 // it had in the runner, that one included.
-TEST(Backend, InheritedDescriptorArrivesAsFd3) {
+TEST(Backend, InheritedDescriptorArrivesAsKInheritedFd) {
   for (int n : {kInheritedFd, 20}) {
     auto pair = vhu::socket_pair();
     ASSERT_TRUE(pair.ok());
     vhu::UniqueFd theirs = std::move(pair->second);
     if (theirs.get() != n) {
       vhu::UniqueFd at(::fcntl(theirs.get(), F_DUPFD_CLOEXEC, n));
-      if (n == kInheritedFd && at.get() != n) continue;  // fd 3 is taken: nothing to show
+      if (n == kInheritedFd && at.get() != n) continue;  // that number is taken: nothing to show
       theirs = std::move(at);
     }
-    TargetSpec t = spawn_spec("echo hello >&3");
+    TargetSpec t = spawn_spec(fmt::format("echo hello >&{}", kInheritedFd));
     t.inherit_fd = theirs.get();
     auto b = Backend::launch(t, 5);
     ASSERT_TRUE(b) << b.message();

@@ -239,6 +239,9 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
     if (!one.socket.empty()) return fail("--fd and --socket (--socket-path) are incompatible: give one");
     if (one.client) return fail("--client needs a --socket path to connect to, not --fd");
     if (!vm_specs.empty()) return fail("--fd is for one VM: give --fd or --vm, not both");
+#ifdef VHU_FAULT_INJECTION
+    if (names_fault(settings.faults, Fault::fd_assumes_3)) one.socket_fd = 3;
+#endif
     settings.vms.push_back(one);
   } else if (!vm_specs.empty()) {
     if (!one.socket.empty()) return fail("give either --socket or --vm, not both");

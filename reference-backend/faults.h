@@ -107,7 +107,8 @@
   X(daemonize, "forks once its sockets are set up; the parent exits 0 and the child serves")           \
   X(no_print_capabilities, "ignores --print-capabilities and starts serving as usual")                  \
   X(no_socket_path, "refuses --socket-path as an unknown option (only its own --socket names the socket)") \
-  X(no_fd, "refuses --fd as an unknown option")
+  X(no_fd, "refuses --fd as an unknown option")                                                           \
+  X(fd_assumes_3, "serves descriptor 3 whatever number --fd=FDNUM names, as systemd's first passed socket")
 
 namespace vsockref {
 

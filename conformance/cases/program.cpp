@@ -202,11 +202,12 @@ Handover serve_inherited(Ctx& ctx, TargetSpec t, bool listening) {
   return {be.command_line(), why("GET_FEATURES: " + o.text)};
 }
 
+static_assert(kInheritedFd == 7, "program.fd's summary names the descriptor number");
 CONFORM_CASE(fd,
              .id = "program.fd",
              .requirements = {"VU-PROGRAM-FD"},
-             .summary = "the back-end's command with its socket option replaced by --fd=3 serves the socket it "
-                        "inherits as fd 3, listening or connected") {
+             .summary = "the back-end's command with its socket option replaced by --fd=7 serves the socket it "
+                        "inherits as fd 7, listening or connected") {
   started_backend(ctx);
   if (ctx.cfg().target.backend_connects)
     skip("--backend-connects: the command makes the back-end connect to {socket}; a socket handed over with --fd "
