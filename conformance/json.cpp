@@ -79,7 +79,7 @@ class Reader {
       if (!eat(':')) return error("expected ':'");
       JsonValue m;
       if (!value(m, depth + 1)) return false;
-      v.members.emplace_back(std::move(key), std::move(m));
+      v.members.push_back({std::move(key), std::move(m)});
     } while (eat(','));
     return eat('}') || error("expected ',' or '}'");
   }

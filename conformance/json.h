@@ -5,12 +5,13 @@
 
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "vhu/result.h"
 
 namespace conform {
+
+struct JsonMember;
 
 struct JsonValue {
   enum class Kind { Null, Bool, Number, String, Array, Object };
@@ -18,10 +19,17 @@ struct JsonValue {
   bool boolean = false;
   std::string text;  // String: the decoded text (UTF-8); Number: as written
   std::vector<JsonValue> items;                            // Array
-  std::vector<std::pair<std::string, JsonValue>> members;  // Object, in input order
+  // Object, in input order. A struct of its own, not std::pair: clang with
+  // libstdc++ 12 rejects a pair of a type still being defined.
+  std::vector<JsonMember> members;
 
   // The first member named `key` of an object, or nullptr.
   const JsonValue* member(std::string_view key) const;
+};
+
+struct JsonMember {
+  std::string key;
+  JsonValue value;
 };
 
 const char* json_kind_name(JsonValue::Kind kind);
