@@ -4,9 +4,10 @@
 
 VHU_FUZZ_TARGETS=(vhost_user_messages vhost_user_socket vring vsock_packets device_state_load command_line backend_replies)
 
-# Installs the named Debian packages that are missing. The fuzzing toolchain
-# (clang-14, libclang-rt-14-dev, afl++) is installed here, on demand, and not
-# listed in debian-packages.txt: CI replays the corpus with gcc alone.
+# Installs the named Debian packages that are missing. What only these tools
+# need (afl++, gcovr) is installed here on demand and not listed in
+# debian-packages.txt; clang-14 and libclang-rt-14-dev are listed there, since
+# CI builds the fuzzers as OSS-Fuzz does (fuzz.oss_fuzz_build).
 vhu_fuzz_install() {
   local missing=() pkg
   for pkg in "$@"; do

@@ -1,8 +1,11 @@
 #!/bin/bash -eu
 # OSS-Fuzz build script: uses $CC, $CXX, $CFLAGS, $CXXFLAGS, $LIB_FUZZING_ENGINE
-# and $OUT as OSS-Fuzz sets them (tools/oss-fuzz-local sets them here).
+# and $OUT as OSS-Fuzz sets them (check.sh beside it sets them here).
 # Every fuzzer goes to $OUT with its .dict, .options and a seed corpus zip of
 # corpus/<target> and corpus/regressions/<target>.
+# -eu again, for a caller that runs `bash build.sh`, which ignores the #! line:
+# a failed build would otherwise leave the last good binaries to be copied.
+set -eu
 src=${VHU_SRC:-$SRC/vhost-user-conformance}
 build=${VHU_OSSFUZZ_BUILD:-$src/build-ossfuzz}
 targets=()
