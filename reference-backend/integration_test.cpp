@@ -959,6 +959,50 @@ TEST(Integration, SiblingPacketsWaitForTheConfigReadAfterALoad) {
   EXPECT_EQ(p->hdr.dst_port, 80u);
 }
 
+// A sibling's small packets are metered in packets too, as a host program's
+// are (PeerCredit): the sending guest meters bytes only, and a Linux receiver
+// resets a flow that holds more than buf_alloc / 576 packets unread.
+TEST(Integration, SiblingPacketsWithinTheReceiversPacketShare) {
+  Harness h;
+  SiblingVm sib(h);
+  Guest& g2 = *sib.guest;
+  Guest& g = *h.guest;
+  g.realize(kQemuPf);
+  g2.realize(kQemuPf);
+  g.post_rx(16);
+  g2.post_rx(64);
+  g.start();
+  g2.start();
+  g2.buf_alloc = 32 * 1024;  // room for 32 packets, at PeerCredit's 1 KiB each
+  const size_t share = g2.buf_alloc / PeerCredit::kBytesPerPacket;
+  g.send_pkt(g.hdr(4, 5000, 80, Op::REQUEST));
+  auto p = g2.recv_pkt();
+  ASSERT_TRUE(p);
+  ASSERT_EQ(p->hdr.op, op(Op::REQUEST));
+  g2.send_pkt(g2.hdr(3, 80, 5000, Op::RESPONSE));
+  ASSERT_TRUE((p = g.recv_pkt()));
+  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
+  constexpr int kPackets = 50;
+  constexpr uint32_t kLen = 10;
+  for (int i = 0; i < kPackets; ++i)
+    g.send_pkt(g.hdr(4, 5000, 80, Op::RW, kLen), std::vector<uint8_t>(kLen, static_cast<uint8_t>(i)));
+  int got = 0;
+  auto take = [&](std::chrono::milliseconds wait) {
+    while ((p = g2.recv_pkt(wait))) {
+      ASSERT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+      ASSERT_EQ(p->payload, std::vector<uint8_t>(kLen, static_cast<uint8_t>(got))) << "packet " << got;
+      ++got;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(take(300ms));
+  EXPECT_EQ(static_cast<size_t>(got), share) << "packets the receiving guest held before it read any";
+  // The receiver reads them all and says so; the rest follow, in order.
+  g2.fwd_cnt = static_cast<uint32_t>(got) * kLen;
+  g2.send_pkt(g2.hdr(3, 80, 5000, Op::CREDIT_UPDATE));
+  ASSERT_NO_FATAL_FAILURE(take(300ms));
+  EXPECT_EQ(got, kPackets);
+}
+
 TEST(Integration, SurplusFdsDoNotAccumulate) {
   Harness h;
   Guest& g = *h.guest;

@@ -33,6 +33,7 @@ constexpr size_t kMaxPendingRsts = 256;
 constexpr size_t kMaxHeldConnects = 64;
 constexpr size_t kMaxRelayBytes = 4u << 20;
 constexpr size_t kMaxRelayPackets = 4096;
+constexpr size_t kMaxRelayFlows = 1024;  // metered sibling flows per VM; others go unmetered
 constexpr uint32_t kMaxPayload = 64u << 10;  // largest RW we put in one rx buffer
 constexpr size_t kMaxRxBatch = 64;           // rx buffers one recvmsg may fill
 constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message we take
@@ -125,6 +126,7 @@ void VsockDevice::reset() {
   rsts_.clear();
   relay_.clear();
   relay_bytes_ = 0;
+  relay_credit_.clear();
   held_.clear();  // the host programs see EOF instead of OK
   if (event_ring_timer_) loop_.cancel_timer(event_ring_timer_);
   event_ring_timer_ = 0;
@@ -496,7 +498,46 @@ void VsockDevice::handle_sibling_packet(VsockDevice* sib, const Hdr& h, const vh
   }
   RelayPacket p{h, std::vector<uint8_t>(h.len)};
   if (auto r = vhu::read_chain(io_.memory(), c, vs::kHdrSize, p.payload); !r || *r != h.len) return;
+  note_guest_to_sibling(h);
   sib->relay_in(std::move(p));
+}
+
+void VsockDevice::note_guest_to_sibling(const Hdr& h) {
+  const ConnKey key{h.dst_cid, h.dst_port, h.src_port};
+  if (h.op == op_of(Op::RST)) {
+    relay_credit_.erase(key);
+    return;
+  }
+  auto it = relay_credit_.find(key);
+  if (it == relay_credit_.end()) {
+    if (relay_credit_.size() >= kMaxRelayFlows) return;
+    it = relay_credit_.emplace(key, PeerCredit{}).first;
+    // Counting from what the guest has consumed: a flow first seen late is
+    // metered from here on.
+    it->second.tx_cnt = h.fwd_cnt;
+  }
+  const size_t left = it->second.packets_left();
+  it->second.update(h.buf_alloc, h.fwd_cnt);
+  if (it->second.packets_left() > left) io_.request_processing();  // packets held for it may go
+}
+
+std::deque<RelayPacket>::iterator VsockDevice::next_relay() {
+  // In order within a flow; a flow whose guest holds its share of packets
+  // waits, and the flows queued behind it do not.
+  std::vector<ConnKey> waiting;
+  for (auto it = relay_.begin(); it != relay_.end(); ++it) {
+    const ConnKey key{it->hdr.src_cid, it->hdr.src_port, it->hdr.dst_port};
+    if (std::find(waiting.begin(), waiting.end(), key) != waiting.end()) continue;
+    if (it->hdr.op == op_of(Op::RW)) {
+      auto c = relay_credit_.find(key);
+      if (c != relay_credit_.end() && c->second.packets_left() == 0) {
+        waiting.push_back(key);
+        continue;
+      }
+    }
+    return it;
+  }
+  return relay_.end();
 }
 
 void VsockDevice::relay_in(RelayPacket p) {
@@ -530,7 +571,7 @@ bool has_packet(const Connection& c) {
 
 bool VsockDevice::have_rx_work() {
   if (!rsts_.empty()) return true;
-  if (!relay_.empty() && relay_open()) return true;
+  if (!relay_.empty() && relay_open() && next_relay() != relay_.end()) return true;
   while (!work_.empty()) {
     Connection* c = nullptr;
     if (auto it = conns_.find(work_.front()); it != conns_.end()) c = it->second.get();
@@ -606,8 +647,9 @@ uint32_t VsockDevice::fill_rx(const vhu::Chain& c) {
     rsts_.pop_front();
     return write_packet(c, h);
   }
-  if (!relay_.empty() && relay_open()) {
-    RelayPacket& p = relay_.front();
+  if (auto at = relay_.empty() || !relay_open() ? relay_.end() : next_relay(); at != relay_.end()) {
+    RelayPacket& p = *at;
+    const ConnKey key{p.hdr.src_cid, p.hdr.src_port, p.hdr.dst_port};
     // The sibling's packet may be bigger than our guest's rx buffers: cut it,
     // keeping EOM/EOR on the last piece only.
     const uint64_t room = c.writable_bytes - vs::kHdrSize;
@@ -622,8 +664,12 @@ uint32_t VsockDevice::fill_rx(const vhu::Chain& c) {
       if (w) n += static_cast<uint32_t>(*w);
     }
     relay_bytes_ -= chunk;
+    if (auto m = relay_credit_.find(key); m != relay_credit_.end()) {
+      if (h.op == op_of(Op::RW)) m->second.sent(chunk);
+      if (h.op == op_of(Op::RST)) relay_credit_.erase(m);
+    }
     if (last) {
-      relay_.pop_front();
+      relay_.erase(at);
     } else {
       p.payload.erase(p.payload.begin(), p.payload.begin() + chunk);
       p.hdr.len -= chunk;

@@ -120,6 +120,10 @@ class VsockDevice {
   void handle_tx_chain(const vhu::Chain& c);
   void handle_host_packet(const vhu::vsock::Hdr& h, const vhu::Chain& c);
   void handle_sibling_packet(VsockDevice* sib, const vhu::vsock::Hdr& h, const vhu::Chain& c);
+  // Our guest's header on a sibling flow tells what it holds of that flow.
+  void note_guest_to_sibling(const vhu::vsock::Hdr& h);
+  // The first relayed packet the guest may take now; relay_.end() if none.
+  std::deque<RelayPacket>::iterator next_relay();
   void guest_request(const vhu::vsock::Hdr& h);
   void guest_rw(Connection& conn, const vhu::vsock::Hdr& h, const vhu::Chain& c);
   void guest_shutdown(Connection& conn, uint32_t flags);
@@ -180,6 +184,11 @@ class VsockDevice {
   std::deque<vhu::vsock::Hdr> rsts_;  // RSTs for flows we do not track
   std::deque<RelayPacket> relay_;     // packets from siblings, in order
   size_t relay_bytes_ = 0;
+  // Sibling flows into our guest, metered in packets as host flows are
+  // (PeerCredit): Linux resets a flow whose socket holds too many, however
+  // few bytes they carry, and the sending guest meters bytes only. Keyed as
+  // our guest sees the flow; known from the first header our guest sends on it.
+  std::unordered_map<ConnKey, PeerCredit, ConnKeyHash> relay_credit_;
   std::vector<HeldConnect> held_;     // host connects waiting for activation
   std::vector<uint8_t> scratch_;
   // rx buffers filled by the same read as the one process_rx() is filling;
