@@ -582,6 +582,27 @@ void vsock_seeds(const fs::path& dir) {
     c.select(0);
     c.tx(between(vs::Op::RST, 3, 8000, 9000));
     write_file(dir / "seed-siblings", c.out);
+    // The relay's packet share: CID 4's guest offers a buf_alloc of 4 KiB (4
+    // packets of PeerCredit's 1 KiB), CID 3 sends 8 small RWs on that flow and
+    // one on another; the flow held at 4 does not hold the other, and CID 4's
+    // CREDIT_UPDATE lets the rest through.
+    Conversation d;
+    d.rx_post(8, 4096);
+    d.select(1);
+    d.rx_post(16, 4096);
+    d.select(0);
+    d.tx(between(vs::Op::REQUEST, 3, 8100, 9100));
+    d.tx(between(vs::Op::REQUEST, 3, 8101, 9101));
+    d.select(1);
+    d.tx(credit(between(vs::Op::RESPONSE, 4, 9100, 8100), 4096, 0));
+    d.tx(between(vs::Op::RESPONSE, 4, 9101, 8101));
+    d.select(0);
+    const std::vector<uint8_t> few(10, 'y');
+    for (int i = 0; i < 8; ++i) d.tx(between(vs::Op::RW, 3, 8100, 9100, 10), few);
+    d.tx(between(vs::Op::RW, 3, 8101, 9101, 10), few);
+    d.select(1);
+    d.tx(credit(between(vs::Op::CREDIT_UPDATE, 4, 9100, 8100), 4096, 40));
+    write_file(dir / "seed-siblings-packet-share", d.out);
   }
   {  // the guest closes both ways while the host program has not read what it sent: flushed, then RST
     Conversation c;
@@ -735,9 +756,11 @@ void backend_replies_seeds(const fs::path& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-    return 2;
+  // An option is not a directory: `--help` once wrote a corpus into ./--help.
+  if (argc != 2 || argv[1][0] == '-') {
+    std::fprintf(stderr, "usage: %s CORPUS_DIR\nWrites the generated seeds of every fuzz target (seed-*) into "
+                 "CORPUS_DIR/<target>/.\n", argv[0]);
+    return argc == 2 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h") ? 0 : 2;
   }
   const fs::path dir = fs::path(argv[1]) / "vring";
   write_file(dir / "seed-one-readable", vring_seed(4, 0, [](vhu::DriverQueue& q) {
