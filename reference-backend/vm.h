@@ -82,6 +82,9 @@ class Vm final : private ReplySink {
   MessageReader reader_;
   std::deque<Out> out_;
   bool paused_ = false;  // a reply is deferred: read no further message
+  // Fault drop_fds_when_pipelined: SET_OWNER came and the front-end has not
+  // waited on a reply since, so what it sends now is part of one burst.
+  bool owner_burst_ = false;
   EventLoop::TimerId reconnect_timer_ = 0;
   EventLoop::TimerId resume_timer_ = 0;
   bool owns_socket_file_ = false;
