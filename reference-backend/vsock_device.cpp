@@ -39,6 +39,8 @@ constexpr size_t kMaxRxBatch = 64;           // rx buffers one recvmsg may fill
 constexpr size_t kMaxSeqMessage = 1u << 20;  // largest host SEQPACKET message we take
 
 uint16_t op_of(Op o) { return static_cast<uint16_t>(o); }
+// A relayed packet's flow, as the guest it goes to sees it.
+ConnKey relay_key(const Hdr& h) { return {h.src_cid, h.src_port, h.dst_port}; }
 
 // Bytes waiting in a host socket (SIOCINQ); -1 when it cannot tell. We are
 // the socket's only reader, so they stay there until we read them.
@@ -516,9 +518,8 @@ void VsockDevice::note_guest_to_sibling(const Hdr& h) {
     // metered from here on.
     it->second.tx_cnt = h.fwd_cnt;
   }
-  const size_t left = it->second.packets_left();
+  // Packets held for the flow go in the rx pass that follows this tx pass.
   it->second.update(h.buf_alloc, h.fwd_cnt);
-  if (it->second.packets_left() > left) io_.request_processing();  // packets held for it may go
 }
 
 std::deque<RelayPacket>::iterator VsockDevice::next_relay() {
@@ -526,7 +527,7 @@ std::deque<RelayPacket>::iterator VsockDevice::next_relay() {
   // waits, and the flows queued behind it do not.
   std::vector<ConnKey> waiting;
   for (auto it = relay_.begin(); it != relay_.end(); ++it) {
-    const ConnKey key{it->hdr.src_cid, it->hdr.src_port, it->hdr.dst_port};
+    const ConnKey key = relay_key(it->hdr);
     if (std::find(waiting.begin(), waiting.end(), key) != waiting.end()) continue;
     if (it->hdr.op == op_of(Op::RW)) {
       auto c = relay_credit_.find(key);
@@ -571,7 +572,7 @@ bool has_packet(const Connection& c) {
 
 bool VsockDevice::have_rx_work() {
   if (!rsts_.empty()) return true;
-  if (!relay_.empty() && relay_open() && next_relay() != relay_.end()) return true;
+  if (relay_open() && next_relay() != relay_.end()) return true;
   while (!work_.empty()) {
     Connection* c = nullptr;
     if (auto it = conns_.find(work_.front()); it != conns_.end()) c = it->second.get();
@@ -647,9 +648,9 @@ uint32_t VsockDevice::fill_rx(const vhu::Chain& c) {
     rsts_.pop_front();
     return write_packet(c, h);
   }
-  if (auto at = relay_.empty() || !relay_open() ? relay_.end() : next_relay(); at != relay_.end()) {
+  if (auto at = relay_open() ? next_relay() : relay_.end(); at != relay_.end()) {
     RelayPacket& p = *at;
-    const ConnKey key{p.hdr.src_cid, p.hdr.src_port, p.hdr.dst_port};
+    const ConnKey key = relay_key(p.hdr);
     // The sibling's packet may be bigger than our guest's rx buffers: cut it,
     // keeping EOM/EOR on the last piece only.
     const uint64_t room = c.writable_bytes - vs::kHdrSize;
