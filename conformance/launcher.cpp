@@ -15,11 +15,10 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "vhu/channel.h"
+#include "vhu/process_group.h"
 
 extern char** environ;
 
@@ -301,26 +300,11 @@ void Backend::send_signal(int sig) {
 
 namespace {
 // The processes of group `pgid` that have not ended (zombies have), as
-// "pid (comm)", from /proc.
+// "pid (comm)".
 std::vector<std::string> live_group_members(pid_t pgid) {
   std::vector<std::string> out;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc", ec); !ec && it != std::filesystem::directory_iterator();
-       it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(it->path() / "stat");
-    std::string stat;
-    if (!std::getline(in, stat)) continue;
-    // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
-    const size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 1));
-    std::string state;
-    long ppid = 0, pgrp = 0;
-    if (!(rest >> state >> ppid >> pgrp)) continue;
-    if (pgrp == pgid && state != "Z" && state != "X") out.push_back(stat.substr(0, close + 1));
-  }
+  for (const vhu::GroupMember& m : vhu::process_group_members(pgid))
+    if (m.state != 'Z' && m.state != 'X') out.push_back(m.label);
   return out;
 }
 }  // namespace
