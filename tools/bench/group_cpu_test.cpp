@@ -7,16 +7,25 @@
 
 namespace {
 
-// A child in a process group of its own that burns CPU until killed.
-pid_t spinning_group() {
+// A child in a process group of its own, running `body` until killed.
+pid_t group_of_one(void (*body)()) {
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::setpgid(0, 0);
-    volatile uint64_t n = 0;
-    for (;;) n = n + 1;
+    body();
+    ::_exit(0);
   }
   ::setpgid(pid, pid);
   return pid;
+}
+
+void spin() {
+  volatile uint64_t n = 0;
+  for (;;) n = n + 1;
+}
+
+void sleep_forever() {
+  for (;;) ::pause();
 }
 
 void end(pid_t pid) {
@@ -26,7 +35,7 @@ void end(pid_t pid) {
 }
 
 TEST(GroupCpu, CountsTheGroupsRunningTime) {
-  const pid_t g = spinning_group();
+  const pid_t g = group_of_one(spin);
   ASSERT_GT(g, 0);
   bench::CpuMeter m(g);
   m.start();
@@ -41,13 +50,8 @@ TEST(GroupCpu, CountsTheGroupsRunningTime) {
 }
 
 TEST(GroupCpu, IdleGroupUsesNone) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    ::pause();
-    ::_exit(0);
-  }
-  ::setpgid(pid, pid);
+  const pid_t pid = group_of_one(sleep_forever);
+  ASSERT_GT(pid, 0);
   bench::CpuMeter m(pid);
   m.start();
   ::usleep(200 * 1000);
