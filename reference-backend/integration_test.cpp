@@ -906,27 +906,32 @@ struct SiblingVm {
   std::unique_ptr<Vm> vm_;
 };
 
-TEST(Integration, SiblingsInOneGroupReachEachOther) {
-  Harness h;
-  SiblingVm sib(h);
-  Guest& g2 = *sib.guest;
-  Guest& g = *h.guest;
+// Both guests started, CID 4's with `rx4` rx buffers, and a stream from
+// CID 3 port 5000 to CID 4 port 80 opened through the relay, each packet
+// from the other VM's CID.
+void open_sibling_stream(Guest& g, Guest& g2, int rx4) {
   g.realize(kQemuPf);
   g2.realize(kQemuPf);
   g.post_rx(16);
-  g2.post_rx(16);
+  g2.post_rx(rx4);
   g.start();
   g2.start();
   g.send_pkt(g.hdr(4, 5000, 80, Op::REQUEST));
   auto p = g2.recv_pkt();
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->hdr.op, op(Op::REQUEST));
+  ASSERT_EQ(p->hdr.op, op(Op::REQUEST));
   EXPECT_EQ(p->hdr.src_cid, 3u);
   g2.send_pkt(g2.hdr(3, 80, 5000, Op::RESPONSE));
   p = g.recv_pkt();
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->hdr.op, op(Op::RESPONSE));
+  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
   EXPECT_EQ(p->hdr.src_cid, 4u);
+}
+
+TEST(Integration, SiblingsInOneGroupReachEachOther) {
+  Harness h;
+  SiblingVm sib(h);
+  ASSERT_NO_FATAL_FAILURE(open_sibling_stream(*h.guest, *sib.guest, 16));
 }
 
 TEST(Integration, SiblingPacketsWaitForTheConfigReadAfterALoad) {
@@ -967,21 +972,10 @@ TEST(Integration, SiblingPacketsWithinTheReceiversPacketShare) {
   SiblingVm sib(h);
   Guest& g2 = *sib.guest;
   Guest& g = *h.guest;
-  g.realize(kQemuPf);
-  g2.realize(kQemuPf);
-  g.post_rx(16);
-  g2.post_rx(64);
-  g.start();
-  g2.start();
   g2.buf_alloc = 32 * 1024;  // room for 32 packets, at PeerCredit's 1 KiB each
   const size_t share = g2.buf_alloc / PeerCredit::kBytesPerPacket;
-  g.send_pkt(g.hdr(4, 5000, 80, Op::REQUEST));
-  auto p = g2.recv_pkt();
-  ASSERT_TRUE(p);
-  ASSERT_EQ(p->hdr.op, op(Op::REQUEST));
-  g2.send_pkt(g2.hdr(3, 80, 5000, Op::RESPONSE));
-  ASSERT_TRUE((p = g.recv_pkt()));
-  ASSERT_EQ(p->hdr.op, op(Op::RESPONSE));
+  ASSERT_NO_FATAL_FAILURE(open_sibling_stream(g, g2, 64));
+  std::optional<Packet> p;
   constexpr int kPackets = 50;
   constexpr uint32_t kLen = 10;
   for (int i = 0; i < kPackets; ++i)
