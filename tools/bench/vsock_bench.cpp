@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -651,13 +652,6 @@ Figure measure(const Backend& backend, Transfer transfer) {
   return f;
 }
 
-template <typename... Args>
-std::string fmt_figure(const char* format, Args... args) {
-  char buf[96];
-  std::snprintf(buf, sizeof buf, format, args...);
-  return buf;
-}
-
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Stream throughput through a vhost-user vsock back-end, against a bare Unix socketpair copy"};
@@ -696,9 +690,9 @@ int main(int argc, char** argv) {
   std::printf("%-10s %12s %16s %7s %5s %16s %7s %5s\n", "write", "bound MiB/s", "host->guest", "ratio", "cpu",
               "guest->host", "ratio", "cpu");
   auto column = [](bool on, const Figure& f, double bound) {
-    if (!on) return fmt_figure("%16s %7s %5s", "-", "-", "-");
-    const std::string cpu = f.cpu ? fmt_figure("%.0f%%", *f.cpu) : "?";
-    return fmt_figure("%16.0f %6.0f%% %5s", f.mib_per_s, 100 * f.mib_per_s / bound, cpu.c_str());
+    if (!on) return fmt::format("{:>16} {:>7} {:>5}", "-", "-", "-");
+    const std::string cpu = f.cpu ? fmt::format("{:.0f}%", *f.cpu) : "?";
+    return fmt::format("{:16.0f} {:6.0f}% {:>5}", f.mib_per_s, 100 * f.mib_per_s / bound, cpu);
   };
   for (size_t s : o.sizes) {
     double bound = 0;
