@@ -348,12 +348,13 @@ GuestConn& VsockGuest::connect(uint32_t local_port, uint32_t host_port) {
   return connect_to(vs::kHostCid, local_port, host_port);
 }
 
-GuestConn& VsockGuest::connect_to(uint64_t peer_cid, uint32_t local_port, uint32_t peer_port) {
+GuestConn& VsockGuest::connect_to(uint64_t peer_cid, uint32_t local_port, uint32_t peer_port, uint16_t type) {
   GuestConn& c = conns_[{local_port, peer_port}];
   c = GuestConn{};
   c.local_port = local_port;
   c.peer_port = peer_port;
   c.peer_cid = peer_cid;
+  c.type = type;
   send(conn_hdr(c, vs::Op::REQUEST));
   return c;
 }
@@ -365,6 +366,7 @@ GuestConn& VsockGuest::accept(const RxPacket& request) {
   c.local_port = r.dst_port;
   c.peer_port = r.src_port;
   c.peer_cid = r.src_cid;
+  c.type = r.type;
   c.established = true;
   c.peer_buf_alloc = r.buf_alloc;
   c.peer_fwd_cnt = r.fwd_cnt;
@@ -382,15 +384,26 @@ void VsockGuest::accept(uint32_t local_port, uint32_t host_port) {
 }
 
 void VsockGuest::write(GuestConn& c, std::string_view data, bool kick) {
+  if (!data.empty()) write_rw(c, data, kick, /*eom=*/false);
+}
+
+void VsockGuest::write_message(GuestConn& c, std::string_view m) { write_rw(c, m, /*kick=*/true, /*eom=*/true); }
+
+void VsockGuest::write_rw(GuestConn& c, std::string_view data, bool kick, bool eom) {
   const size_t chunk = kBufSize - vs::kHdrSize;
-  while (!data.empty()) {
-    if (c.peer_credit() == 0 && !wait_until([&] { return c.peer_credit() > 0 || c.reset; }, 2000))
-      fail("credit from the peer to send more data", "no CREDIT_UPDATE within 2 s");
-    size_t n = std::min<size_t>({data.size(), chunk, static_cast<size_t>(c.peer_credit())});
-    send(conn_hdr(c, vs::Op::RW), {reinterpret_cast<const uint8_t*>(data.data()), n}, kick);
+  do {
+    if (!data.empty() && c.peer_credit() == 0) {
+      wait_until([&] { return c.peer_credit() > 0 || c.reset; }, 2000);
+      if (c.peer_credit() == 0)
+        fail("credit from the peer to send more data", c.reset ? "RST" : "no CREDIT_UPDATE within 2 s");
+    }
+    const size_t n = std::min<size_t>({data.size(), chunk, static_cast<size_t>(c.peer_credit())});
+    vs::Hdr h = conn_hdr(c, vs::Op::RW);
+    if (eom && n == data.size()) h.flags = vs::kSeqEom;
+    send(h, {reinterpret_cast<const uint8_t*>(data.data()), n}, kick);
     c.tx_cnt += static_cast<uint32_t>(n);
     data.remove_prefix(n);
-  }
+  } while (!data.empty());
 }
 
 void VsockGuest::write_framed(GuestConn& c, std::string_view data, std::span<const uint32_t> pieces, bool indirect) {

@@ -102,14 +102,18 @@ class VsockGuest {
   // by (local port, peer port) whatever the peer's CID: a case gives each of
   // its flows a local port of its own.
   GuestConn& connect(uint32_t local_port, uint32_t host_port);      // sends REQUEST
-  GuestConn& connect_to(uint64_t peer_cid, uint32_t local_port, uint32_t peer_port);
+  GuestConn& connect_to(uint64_t peer_cid, uint32_t local_port, uint32_t peer_port,
+                        uint16_t type = vhu::vsock::kTypeStream);
   void accept(uint32_t local_port, uint32_t host_port);               // sends RESPONSE
   // Accepts a received REQUEST from whichever CID sent it, taking the peer's
-  // credit from it.
+  // credit and the socket type from it.
   GuestConn& accept(const RxPacket& request);
   // Packets from `cid` (a sibling VM) are expected, not anomalies.
   void allow_peer(uint64_t cid) { peers_.push_back(cid); }
   void write(GuestConn& c, std::string_view data, bool kick = true);  // RW packets, within credit
+  // One SEQPACKET message: RW packets within credit, EOM on the last (one of
+  // no bytes for an empty message).
+  void write_message(GuestConn& c, std::string_view m);
   // One RW packet of all of `data` framed as send_framed() does, once the
   // peer's credit allows it.
   void write_framed(GuestConn& c, std::string_view data, std::span<const uint32_t> pieces, bool indirect = false);
@@ -132,6 +136,9 @@ class VsockGuest {
   vhu::vsock::Hdr conn_hdr(const GuestConn& c, vhu::vsock::Op op) const;
   // `h0` with len = `len` and, on a known connection, its credit fields.
   vhu::vsock::Hdr packet_hdr(const vhu::vsock::Hdr& h0, size_t len);
+  // RW packets of at most a buffer's payload each, within credit; `eom` marks
+  // the last (at least one packet, even for no bytes).
+  void write_rw(GuestConn& c, std::string_view data, bool kick, bool eom);
   // Makes one tx chain available, kicking when the device asks (`kick`).
   uint16_t add_tx(std::span<const vhu::DriverBuffer> bufs, bool indirect, bool kick);
 

@@ -125,4 +125,9 @@ void exchange(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::str
   check(ok && in == down, fmt::format("the guest to receive \"{}\" exactly once", down), fmt::format("\"{}\"", in));
 }
 
+void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p) {
+  msgs.back().append(p.data.begin(), p.data.end());
+  if (p.hdr.flags & vhu::vsock::kSeqEom) msgs.emplace_back();
+}
+
 }  // namespace conform

@@ -55,4 +55,13 @@ void expect_no_anomalies(VsockGuest& g, const std::string& want);
 // case's deadline, if nearer); packets that do not match stay in the backlog.
 std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, vhu::vsock::Op o, uint32_t guest_port, int ms = 2000);
 
+// Linux since 6.12.92 resets a flow once the packets it holds for it, plus
+// the next, times SKB_TRUESIZE(0) exceed its buf_alloc (LINUX-RX-PACKET-LIMIT).
+constexpr uint32_t kLinuxSkbTruesize = 576;  // SKB_TRUESIZE(0) on x86-64 and arm64
+constexpr uint32_t linux_rx_packet_limit(uint32_t buf_alloc) { return buf_alloc / kLinuxSkbTruesize; }
+
+// Appends an RW packet's payload to the SEQPACKET message it continues (the
+// last of `msgs`); its EOM ends that message and starts the next.
+void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p);
+
 }  // namespace conform

@@ -6,6 +6,8 @@
 // a second VM (CaseInfo::siblings), and then hold it to what it offers.
 #include <fmt/format.h>
 
+#include <thread>
+
 #include "common.h"
 
 namespace conform {
@@ -75,6 +77,111 @@ CONFORM_CASE(sibling_stream,
 
   send_across(ctx, a, ca, b, cb, kBytes, 'a', fmt::format("from CID {} to CID {}", sib.cid(), ctx.cid()));
   send_across(ctx, b, cb, a, ca, kBytes, 'b', fmt::format("from CID {} to CID {}", ctx.cid(), sib.cid()));
+  for (VsockGuest* x : {&a, &b})
+    expect_no_anomalies(*x, fmt::format("no stray or misaddressed packet on CID {}", x->cid()));
+}
+
+// Linux meters what it sends to a peer by bytes only, and a Linux receiver
+// (6.12.92 and later) resets a flow once it holds more packets than its
+// buf_alloc / SKB_TRUESIZE(0), never merging one that ends a SEQPACKET
+// message. Between two Linux guests nobody but the device can keep small
+// messages within that: it must hold what the receiver has no room for yet.
+CONFORM_CASE(sibling_seqpacket_packet_limit,
+             .id = "vsock.sibling_seqpacket_within_linux_packet_limit",
+             .requirements = {"LINUX-RX-PACKET-LIMIT", "VSOCK-SIBLING-ROUTE", "VSOCK-SEQPACKET-EOM"},
+             .summary = "the second VM's guest sends 600 SEQPACKET messages of 300 bytes, within the byte credit, to "
+                        "the first's, which reads none yet: at most buf_alloc / 576 RW packets reach it (Linux resets "
+                        "at the next), and all 600, boundaries kept, once it reads",
+             .device = "vsock",
+             .features = {vhu::feature::VSOCK_F_SEQPACKET},
+             .timeout_ms = 10000,
+             .siblings = true) {
+  constexpr uint32_t kListenPort = 9610, kPeerPort = 9611;
+  constexpr int kMessages = 600;
+  constexpr size_t kSize = 300;  // above GOOD_COPY_LEN (128), below which Linux merges a packet
+  QemuFrontend qb = started(ctx);
+  Ctx& sib = ctx.sibling();
+  QemuFrontend qa = started(sib);
+  for (QemuFrontend* q : {&qb, &qa})
+    if (!vhu::has_bit(q->acked_features(), vhu::feature::VSOCK_F_SEQPACKET))
+      skip("VIRTIO_VSOCK_F_SEQPACKET offered but not negotiated");
+  auto& b = qb.guest();
+  auto& a = qa.guest();
+  b.allow_peer(sib.cid());
+  a.allow_peer(ctx.cid());
+
+  auto& ca = a.connect_to(ctx.cid(), kPeerPort, kListenPort, vs::kTypeSeqpacket);
+  auto req = wait_op(ctx, b, vs::Op::REQUEST, kListenPort);
+  check(req.has_value() && req->hdr.type == vs::kTypeSeqpacket,
+        fmt::format("the SEQPACKET REQUEST of CID {} to reach CID {} port {}", sib.cid(), ctx.cid(), kListenPort),
+        req ? vs::describe(req->hdr) : "nothing in 2 s");
+  auto& cb = b.accept(*req);
+  cb.reading = false;
+  bool ok = a.wait_until([&] { return ca.established || ca.reset; }, std::min(ctx.remaining_ms(), 2000));
+  check(ok && ca.established, fmt::format("the RESPONSE of CID {} to reach CID {}", ctx.cid(), sib.cid()),
+        ca.reset ? "RST" : "nothing in 2 s");
+  b.backlog().clear();
+
+  const std::string all = payload(kMessages * kSize, 'm');
+  const uint32_t limit = linux_rx_packet_limit(cb.buf_alloc);
+  int held = 0;
+  std::vector<std::string> msgs(1);
+  auto take = [&] {
+    bool rw = false;
+    for (const auto& p : b.poll_rx()) {
+      if (p.hdr.src_cid != sib.cid() || p.hdr.src_port != kPeerPort || p.hdr.dst_port != kListenPort ||
+          p.hdr.op != static_cast<uint16_t>(vs::Op::RW))
+        continue;
+      rw = true;
+      if (!cb.reading) ++held;
+      add_to_messages(msgs, p);
+    }
+    a.reclaim_tx();
+    return rw;
+  };
+  // The sender, as Linux, sends all it has: 180,000 bytes fit the byte credit.
+  for (int i = 0; i < kMessages && !ca.reset; ++i) {
+    a.write_message(ca, std::string_view(all).substr(i * kSize, kSize));
+    if (i % 32 == 31) take();
+  }
+  // Until the device stops delivering to a guest that reads nothing, or has
+  // delivered more than Linux holds.
+  auto last_rw = Clock::now();
+  const auto quiet = std::chrono::milliseconds(2 * ctx.cfg().quiet_window_ms);
+  while (held <= static_cast<int>(limit) && !cb.reset && ctx.remaining_ms() > 3000 &&
+         Clock::now() - last_rw < quiet) {
+    if (take()) last_rw = Clock::now();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  check(held > 0, fmt::format("RW packets from CID {} before CID {} reads", sib.cid(), ctx.cid()), "none");
+  check(held <= static_cast<int>(limit),
+        fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
+                    "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS), and the sending "
+                    "guest, metering bytes only, cannot know",
+                    limit, cb.buf_alloc, kLinuxSkbTruesize),
+        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, cb.unread()));
+  check(!cb.reset && !ca.reset, "the connection to stay open while the receiving guest holds its packets", "RST");
+  ctx.note(fmt::format("{} RW packets held by CID {} before it read (Linux's limit: {})", held, ctx.cid(), limit));
+
+  // The receiver reads, and tells its peer as its queue drains, as Linux does.
+  b.read_queued(cb);
+  uint32_t told = cb.fwd_cnt;
+  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms() - 500, 4000));
+  while (msgs.size() <= kMessages && !cb.reset && Clock::now() < end) {
+    take();
+    if (cb.fwd_cnt != told) {
+      b.credit_update(cb);
+      told = cb.fwd_cnt;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  size_t intact = 0;
+  while (intact + 1 < msgs.size() && msgs[intact] == all.substr(intact * kSize, kSize)) ++intact;
+  check(!cb.reset && intact == kMessages && msgs.back().empty(),
+        fmt::format("all {} messages of {} bytes, each ended by EOM, once the receiving guest reads", kMessages,
+                    kSize),
+        fmt::format("{}{} intact message(s) of {} with EOM, {} bytes after the last EOM", cb.reset ? "RST; " : "",
+                    intact, msgs.size() - 1, msgs.back().size()));
   for (VsockGuest* x : {&a, &b})
     expect_no_anomalies(*x, fmt::format("no stray or misaddressed packet on CID {}", x->cid()));
 }

@@ -640,13 +640,6 @@ std::string recv_message(int fd, int ms) {
   return buf;
 }
 
-// Appends an RW packet's payload to the message it continues (the last of
-// `msgs`); its EOM ends that message and starts the next.
-void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p) {
-  msgs.back().append(p.data.begin(), p.data.end());
-  if (p.hdr.flags & vs::kSeqEom) msgs.emplace_back();
-}
-
 // A running device with a SEQPACKET connection the guest opened from
 // `guest_port` to a SOCK_SEQPACKET host listener on `host_port`; the guest's
 // backlog is empty once it is established.
@@ -671,19 +664,6 @@ struct SeqpacketOpened {
     check(ok && c.established, "a RESPONSE to the SEQPACKET REQUEST", c.reset ? "RST" : "nothing");
     g.backlog().clear();
   }
-  // One message as RW packets of at most a guest buffer's payload, EOM on the last.
-  void send_message(std::string_view m) {
-    size_t off = 0;
-    do {
-      const size_t n = std::min<size_t>(m.size() - off, VsockGuest::kBufSize - vs::kHdrSize);
-      auto h = g.hdr(Op::RW, c.local_port, c.peer_port);
-      h.type = vs::kTypeSeqpacket;
-      if (off + n == m.size()) h.flags = vs::kSeqEom;
-      g.send(h, {reinterpret_cast<const uint8_t*>(m.data() + off), n});
-      c.tx_cnt += static_cast<uint32_t>(n);
-      off += n;
-    } while (off < m.size());
-  }
   QemuFrontend q;
   VsockGuest& g;
   GuestConn& c;
@@ -702,8 +682,8 @@ CONFORM_CASE(seqpacket_boundaries,
   auto& host = s.host;
   // Guest to host: a short message, then one that takes two RW packets.
   const std::string m1 = pattern(100, 8), m2 = pattern(6000, 9);
-  s.send_message(m1);
-  s.send_message(m2);
+  g.write_message(c, m1);
+  g.write_message(c, m2);
   std::string r1 = recv_message(host.get(), std::min(ctx.remaining_ms(), 1000));
   std::string r2 = recv_message(host.get(), std::min(ctx.remaining_ms(), 1000));
   check(r1 == m1 && r2 == m2, "the host to receive the guest's two messages (100 and 6000 bytes) as two messages",
@@ -744,13 +724,12 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
              .timeout_ms = 10000) {
   constexpr int kMessages = 600;
   constexpr size_t kSize = 300;            // above GOOD_COPY_LEN (128), below which Linux merges a packet
-  constexpr uint32_t kSkbTruesize = 576;   // SKB_TRUESIZE(0) of Linux on x86-64 and arm64
   SeqpacketOpened s(ctx, 9701, 9700, /*reading=*/false);
   auto& g = s.g;
   auto& c = s.c;
   auto& host = s.host;
 
-  const uint32_t limit = c.buf_alloc / kSkbTruesize;
+  const uint32_t limit = linux_rx_packet_limit(c.buf_alloc);
   const std::string all = pattern(kMessages * kSize, 12);
   int sent = 0, held = 0;
   std::vector<std::string> msgs(1);
@@ -781,7 +760,7 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
   check(held <= static_cast<int>(limit),
         fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
                     "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS)",
-                    limit, c.buf_alloc, kSkbTruesize),
+                    limit, c.buf_alloc, kLinuxSkbTruesize),
         fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread()));
   check(!c.reset, "the connection to stay open while the guest holds its packets", "RST");
   ctx.note(fmt::format("{} RW packets held by the guest before it read (Linux's limit: {})", held, limit));
@@ -835,14 +814,14 @@ CONFORM_CASE(seqpacket_empty_message,
         "an RW of length 0 with EOM, then \"abc\" with EOM, and the connection still open",
         seen.empty() ? "nothing" : seen);
   // Guest to host: an empty message reaches the host at once, not with the next.
-  s.send_message("");
+  g.write_message(c, "");
   pollfd p{s.host.get(), POLLIN, 0};
   check(::poll(&p, 1, std::min(ctx.remaining_ms(), 1000)) == 1, "the guest's empty message at the host",
         "nothing within 1 s");
   char buf[16];
   check(::recv(s.host.get(), buf, sizeof buf, MSG_DONTWAIT) == 0, "a message of 0 bytes at the host",
         "a message with bytes");
-  s.send_message("xyz");
+  g.write_message(c, "xyz");
   const std::string next = recv_message(s.host.get(), std::min(ctx.remaining_ms(), 1000));
   check(next == "xyz", "the guest's next message, \"xyz\", after the empty one (not the end of the stream)",
         fmt::format("\"{}\"", next));
