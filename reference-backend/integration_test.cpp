@@ -880,6 +880,25 @@ TEST(Integration, SeqpacketEmptyMessagesPassBothWays) {
   EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 3);
 }
 
+// The host's last message, of no bytes, and then its close: both read as 0
+// bytes at the device, and the message must not be taken for the close.
+TEST(Integration, SeqpacketEmptyMessageBeforeTheHostCloses) {
+  Harness h;
+  Guest& g = *h.guest;
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5003, 7003, host));
+  ASSERT_EQ(::send(host.get(), "", 0, 0), 0);
+  host.reset();
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p) << "nothing for the empty message";
+  EXPECT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+  EXPECT_EQ(p->hdr.len, 0u);
+  EXPECT_TRUE(p->hdr.flags & vhu::vsock::kSeqEom);
+  p = g.recv_pkt();
+  ASSERT_TRUE(p) << "nothing for the host's close";
+  EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
+}
+
 // A second VM (CID 4) in the harness's loop and group, served through its
 // own socketpair; torn down on the loop thread, which owns it.
 struct SiblingVm {

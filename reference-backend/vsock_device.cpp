@@ -49,12 +49,37 @@ int socket_queued(int fd) {
   return ::ioctl(fd, SIOCINQ, &n) == 0 ? n : -1;
 }
 
-// Whether the host program has closed its end or shut down writing. A
-// SEQPACKET read of 0 bytes means either that or a message of no bytes, and
-// only this tells them apart (a message of no bytes queued before the close
-// still reads as the end).
+// SEQPACKET host sockets carry the sender's credentials with each message
+// (SO_PASSCRED), so that a message of no bytes can be told from the end of
+// the host's messages: both read as 0 bytes. Set once connected: set before,
+// connect() would bind the socket to an abstract name.
+void pass_credentials(int fd) {
+  const int one = 1;
+  if (::setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
+    VLOG(Warn, "SO_PASSCRED on a host SEQPACKET socket: {}; a message of no bytes just before the host program "
+               "closes will read as its end", std::strerror(errno));
+}
+
+// After a peek of 0 bytes at a SEQPACKET host socket: whether that is the
+// host program's end (closed, or shut down writing) rather than a message of
+// no bytes. A message comes with SCM_CREDENTIALS, the end with nothing.
 bool peer_has_shut_down(int fd) {
   if (VSOCKREF_FAULT(seqpacket_empty_is_end)) return true;
+  uint8_t probe;
+  iovec iov{&probe, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = sizeof control;
+  // Room for the credentials only: descriptors the host program attached
+  // are not installed (MSG_CTRUNC), as the read that takes the message
+  // drops them.
+  if (::recvmsg(fd, &m, MSG_DONTWAIT | MSG_PEEK | MSG_TRUNC | MSG_CMSG_CLOEXEC) != 0) return false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) return false;
+  // Without credentials (SO_PASSCRED refused) the poll is what is left.
   pollfd p{fd, POLLRDHUP, 0};
   return ::poll(&p, 1, 0) != 0;
 }
@@ -402,6 +427,7 @@ void VsockDevice::guest_request(const Hdr& h) {
     if (!VSOCKREF_FAULT(no_rst_closed_port)) queue_rst_reply(h);
     return;
   }
+  if (stype == SOCK_SEQPACKET) pass_credentials(fd.get());
   Connection& conn = create(ConnKey{vs::kHostCid, h.dst_port, h.src_port}, h.type, std::move(fd));
   conn.state = ConnState::Established;
   conn.guest.update(h.buf_alloc, h.fwd_cnt);

@@ -792,7 +792,7 @@ CONFORM_CASE(seqpacket_empty_message,
              .id = "vsock.seqpacket_empty_message",
              .requirements = {"VSOCK-SEQPACKET-EOM"},
              .summary = "a SEQPACKET message of no bytes passes both ways as one RW of length 0 with EOM, and the "
-                        "connection goes on",
+                        "connection goes on; the host's last message, of no bytes, arrives before its close does",
              .device = "vsock",
              .features = {vhu::feature::VSOCK_F_SEQPACKET}) {
   SeqpacketOpened s(ctx, 9801, 9800);
@@ -825,6 +825,21 @@ CONFORM_CASE(seqpacket_empty_message,
   const std::string next = recv_message(s.host.get(), std::min(ctx.remaining_ms(), 1000));
   check(next == "xyz", "the guest's next message, \"xyz\", after the empty one (not the end of the stream)",
         fmt::format("\"{}\"", next));
+  // Host to guest: an empty message and then the close. Both read as 0 bytes
+  // at the device; the message must still come first.
+  g.backlog().clear();
+  check(::send(s.host.get(), "", 0, 0) == 0, "the host to send a last message of no bytes", std::strerror(errno));
+  s.host.reset();
+  g.wait_until([&] { return c.reset || c.shutdown_flags; }, std::min(ctx.remaining_ms(), 2000));
+  seen.clear();
+  bool message = false, end = false;
+  for (const auto& pk : flow_packets(g, 9801, 9800)) {
+    seen += fmt::format("{}{}", seen.empty() ? "" : "; ", vs::describe(pk.hdr));
+    if (pk.hdr.op == op(Op::RW) && pk.hdr.len == 0 && (pk.hdr.flags & vs::kSeqEom) && !end) message = true;
+    end = end || pk.hdr.op == op(Op::SHUTDOWN) || pk.hdr.op == op(Op::RST);
+  }
+  check(message && end, "an RW of length 0 with EOM, then SHUTDOWN or RST for the host's close",
+        seen.empty() ? "nothing" : seen);
 }
 
 // ---- addressing ----
