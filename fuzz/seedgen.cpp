@@ -529,6 +529,15 @@ void vsock_seeds(const fs::path& dir) {
     c.host_write(0, {});
     write_file(dir / "seed-seqpacket-empty", c.out);
   }
+  {  // a host message of no bytes and then the host's close: both read as 0 bytes
+    Conversation c;
+    c.rx_post(8, 4096);
+    c.tx(packet(vs::Op::REQUEST, 6002, 1025, 0, vs::kTypeSeqpacket));
+    c.host_write(0, {});
+    c.host_shut(0, 2);
+    c.rx_post(8, 4096);
+    write_file(dir / "seed-seqpacket-empty-then-close", c.out);
+  }
   {  // a load: TRANSPORT_RESET on the event ring, host connects held until the config read
     Conversation c;
     c.simple(7);
