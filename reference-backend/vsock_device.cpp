@@ -51,8 +51,9 @@ int socket_queued(int fd) {
 
 // SEQPACKET host sockets carry the sender's credentials with each message
 // (SO_PASSCRED), so that a message of no bytes can be told from the end of
-// the host's messages: both read as 0 bytes. Set once connected: set before,
-// connect() would bind the socket to an abstract name.
+// the host's messages: both read as 0 bytes. (Linux then binds the socket to
+// an autobind abstract name at its first send; the host program sees that
+// name instead of none, and nothing else changes.)
 void pass_credentials(int fd) {
   const int one = 1;
   if (::setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
