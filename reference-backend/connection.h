@@ -10,6 +10,7 @@
 #include "byte_ring.h"
 #include "credit.h"
 #include "vhu/unique_fd.h"
+#include "vhu/vsock.h"
 
 namespace vsockref {
 
@@ -81,6 +82,13 @@ struct Connection {
   bool close_after_flush = false;  // SHUTDOWN both: RST once `out` reached the host
 
   size_t out_bytes() const { return out.size() - out_head; }
+  // Something flush_out() may write now: stream bytes, or a whole SEQPACKET
+  // message. A message still waiting for its EOM is not: watching the socket
+  // for room then would wake the loop without end.
+  bool out_ready() const { return type == vhu::vsock::kTypeSeqpacket ? !out_msgs.empty() : out_bytes() > 0; }
+  // All the guest sent has reached the host, SEQPACKET messages of no bytes
+  // included.
+  bool out_drained() const { return out_bytes() == 0 && out_msgs.empty(); }
 };
 
 }  // namespace vsockref

@@ -80,6 +80,7 @@ void EventLoop::cancel_timer(TimerId id) {
 }
 
 int EventLoop::run_once(int timeout_ms) {
+  rounds_.fetch_add(1, std::memory_order_relaxed);
   if (!timers_.empty()) {
     const auto now = Clock::now();
     const auto due = timers_.begin()->first;

@@ -52,6 +52,9 @@ class EventLoop {
   bool stopping() const { return stop_; }
   // Runs fn on the loop's thread at its next round (callable from any thread).
   void post(std::function<void()> fn);
+  // Rounds run so far (callable from any thread): an idle loop's count stays
+  // put, so a test can tell a loop that sleeps from one that keeps waking.
+  uint64_t rounds() const { return rounds_.load(std::memory_order_relaxed); }
 
  private:
   struct Entry {
@@ -66,6 +69,7 @@ class EventLoop {
   std::multimap<Clock::time_point, std::pair<TimerId, std::function<void()>>> timers_;
   TimerId next_timer_ = 1;
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> rounds_{0};
   mutable std::mutex posted_mu_;
   std::vector<std::function<void()>> posted_;
 };

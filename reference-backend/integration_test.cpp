@@ -899,6 +899,30 @@ TEST(Integration, SeqpacketEmptyMessageBeforeTheHostCloses) {
   EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
 }
 
+// A SEQPACKET message still waiting for its EOM cannot go to the host, so the
+// loop must not watch the host socket for room meanwhile: it has room, and
+// the loop would wake at once, again and again, until the guest ends the
+// message (it did until 2026-12-01, at 60 % of a CPU).
+TEST(Integration, SeqpacketPartialMessageLeavesTheLoopAsleep) {
+  Harness h;
+  Guest& g = *h.guest;
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5004, 7004, host));
+  g.send_pkt(g.hdr(2, 5004, 7004, Op::RW, 3), {'a', 'b', 'c'});
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const uint64_t before = h.loop.rounds();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_LT(h.loop.rounds() - before, 20u) << "the loop kept waking while the message waited for its EOM";
+  auto end = g.hdr(2, 5004, 7004, Op::RW, 2);
+  end.flags = vhu::vsock::kSeqEom;
+  g.send_pkt(end, {'d', 'e'});
+  pollfd pfd{host.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1) << "the message did not reach the host once ended";
+  char buf[16];
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 5);
+  EXPECT_EQ(std::string(buf, 5), "abcde");
+}
+
 // A second VM (CID 4) in the harness's loop and group, served through its
 // own socketpair; torn down on the loop thread, which owns it.
 struct SiblingVm {

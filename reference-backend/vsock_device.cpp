@@ -510,7 +510,7 @@ void VsockDevice::guest_shutdown(Connection& conn, uint32_t flags) {
     flush_out(conn);
     return;
   }
-  if (conn.guest_no_more_send && conn.out_bytes() == 0 && conn.host) ::shutdown(conn.host.get(), SHUT_WR);
+  if (conn.guest_no_more_send && conn.out_drained() && conn.host) ::shutdown(conn.host.get(), SHUT_WR);
 }
 
 void VsockDevice::handle_sibling_packet(VsockDevice* sib, const Hdr& h, const vhu::Chain& c) {
@@ -1122,7 +1122,7 @@ void VsockDevice::update_interest(Connection& conn) {
   if (conn.state == ConnState::Established && !conn.host_readable && !conn.host_eof && !conn.in_msg_valid &&
       !conn.guest_no_more_rcv)
     ev |= EPOLLIN;
-  if (conn.out_bytes() > 0) ev |= EPOLLOUT;
+  if (conn.out_ready()) ev |= EPOLLOUT;
   if (ev != conn.interest) {
     loop_.modify(conn.host.get(), ev);
     conn.interest = ev;
@@ -1162,12 +1162,8 @@ void VsockDevice::on_host_event(uint64_t id, uint32_t events) {
 
 void VsockDevice::flush_out(Connection& conn) {
   // A SEQPACKET message of no bytes is still a message to pass on.
-  while (conn.host && (conn.out_bytes() > 0 || (conn.type == vs::kTypeSeqpacket && !conn.out_msgs.empty()))) {
-    size_t len = conn.out_bytes();
-    if (conn.type == vs::kTypeSeqpacket) {
-      if (conn.out_msgs.empty()) break;  // the message is not complete yet
-      len = conn.out_msgs.front();
-    }
+  while (conn.host && conn.out_ready()) {
+    const size_t len = conn.type == vs::kTypeSeqpacket ? conn.out_msgs.front() : conn.out_bytes();
     const ssize_t w = ::send(conn.host.get(), conn.out.data() + conn.out_head, len, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
     if (w < 0 || (w == 0 && len > 0)) {
@@ -1181,15 +1177,17 @@ void VsockDevice::flush_out(Connection& conn) {
   if (conn.out_bytes() == 0) {
     conn.out.clear();
     conn.out_head = 0;
+  } else if (conn.out_head > conn.out.size() / 2) {
+    // Keep the buffer compact without moving bytes on every partial write.
+    conn.out.erase(conn.out.begin(), conn.out.begin() + static_cast<ptrdiff_t>(conn.out_head));
+    conn.out_head = 0;
+  }
+  if (conn.out_drained()) {
     if (conn.close_after_flush) {
       abort_conn(conn, "guest closed");
       return;
     }
     if (conn.guest_no_more_send && conn.host) ::shutdown(conn.host.get(), SHUT_WR);
-  } else if (conn.out_head > conn.out.size() / 2) {
-    // Keep the buffer compact without moving bytes on every partial write.
-    conn.out.erase(conn.out.begin(), conn.out.begin() + static_cast<ptrdiff_t>(conn.out_head));
-    conn.out_head = 0;
   }
   if (conn.local.update_due() && !VSOCKREF_FAULT(no_credit_update)) {
     conn.want_credit_update = true;
