@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <thread>
+
 namespace conform {
 
 namespace vs = vhu::vsock;
@@ -128,6 +130,60 @@ void exchange(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::str
 void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p) {
   msgs.back().append(p.data.begin(), p.data.end());
   if (p.hdr.flags & vhu::vsock::kSeqEom) msgs.emplace_back();
+}
+
+void expect_within_linux_packet_limit(Ctx& ctx, VsockGuest& g, GuestConn& c, std::string_view all, size_t size,
+                                      const int& sent, const std::function<std::vector<RxPacket>()>& flow) {
+  const size_t messages = all.size() / size;
+  const uint32_t limit = linux_rx_packet_limit(c.buf_alloc);
+  int held = 0;
+  std::vector<std::string> msgs(1);
+  auto take = [&] {
+    bool rw = false;
+    for (const auto& p : flow()) {
+      if (p.hdr.op != static_cast<uint16_t>(vhu::vsock::Op::RW)) continue;
+      rw = true;
+      if (!c.reading) ++held;
+      add_to_messages(msgs, p);
+    }
+    return rw;
+  };
+  // Until the device stops sending to a guest that reads nothing, or has sent
+  // more than Linux holds.
+  auto last_rw = Clock::now();
+  const auto quiet = std::chrono::milliseconds(2 * ctx.cfg().quiet_window_ms);
+  while (held <= static_cast<int>(limit) && !c.reset && ctx.remaining_ms() > 3000 &&
+         (held == 0 || Clock::now() - last_rw < quiet)) {
+    if (take()) last_rw = Clock::now();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  check(held > 0, fmt::format("RW packets for CID {} port {} before it reads", g.cid(), c.local_port), "none");
+  check(held <= static_cast<int>(limit),
+        fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
+                    "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS)",
+                    limit, c.buf_alloc, kLinuxSkbTruesize),
+        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread()));
+  check(!c.reset, "the connection to stay open while the guest holds its packets", "RST");
+  ctx.note(fmt::format("{} RW packets held by CID {} before it read (Linux's limit: {})", held, g.cid(), limit));
+
+  // The guest reads, and tells the sender as its queue drains, as Linux does.
+  g.read_queued(c);
+  uint32_t told = c.fwd_cnt;
+  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms() - 500, 4000));
+  while (msgs.size() <= messages && !c.reset && Clock::now() < end) {
+    take();
+    if (c.fwd_cnt != told) {
+      g.credit_update(c);
+      told = c.fwd_cnt;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  size_t intact = 0;
+  while (intact + 1 < msgs.size() && msgs[intact] == all.substr(intact * size, size)) ++intact;
+  check(!c.reset && intact == messages && msgs.back().empty(),
+        fmt::format("all {} messages of {} bytes, each ended by EOM, once the guest reads", messages, size),
+        fmt::format("{}{} intact message(s) of {} with EOM (sender sent {}), {} bytes after the last EOM",
+                    c.reset ? "RST; " : "", intact, msgs.size() - 1, sent, msgs.back().size()));
 }
 
 }  // namespace conform

@@ -2,8 +2,10 @@
 // that any case can use to prove the rings work.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "case.h"
@@ -63,5 +65,14 @@ constexpr uint32_t linux_rx_packet_limit(uint32_t buf_alloc) { return buf_alloc 
 // Appends an RW packet's payload to the SEQPACKET message it continues (the
 // last of `msgs`); its EOM ends that message and starts the next.
 void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p);
+
+// LINUX-RX-PACKET-LIMIT on a SEQPACKET flow into guest `g`, whose connection
+// `c` reads nothing yet: `flow` sends more of `all` (messages of `size` bytes,
+// counting them in `sent`) and returns the packets of the flow `g` took. At
+// most linux_rx_packet_limit() RW packets may arrive before the guest reads,
+// the connection stays open, and once it reads, telling the sender as its
+// queue drains as Linux does, every message arrives whole, with EOM.
+void expect_within_linux_packet_limit(Ctx& ctx, VsockGuest& g, GuestConn& c, std::string_view all, size_t size,
+                                      const int& sent, const std::function<std::vector<RxPacket>()>& flow);
 
 }  // namespace conform

@@ -6,8 +6,6 @@
 // a second VM (CaseInfo::siblings), and then hold it to what it offers.
 #include <fmt/format.h>
 
-#include <thread>
-
 #include "common.h"
 
 namespace conform {
@@ -122,66 +120,20 @@ CONFORM_CASE(sibling_seqpacket_packet_limit,
         ca.reset ? "RST" : "nothing in 2 s");
   b.backlog().clear();
 
-  const std::string all = payload(kMessages * kSize, 'm');
-  const uint32_t limit = linux_rx_packet_limit(cb.buf_alloc);
-  int held = 0;
-  std::vector<std::string> msgs(1);
-  auto take = [&] {
-    bool rw = false;
-    for (const auto& p : b.poll_rx()) {
-      if (p.hdr.src_cid != sib.cid() || p.hdr.src_port != kPeerPort || p.hdr.dst_port != kListenPort ||
-          p.hdr.op != static_cast<uint16_t>(vs::Op::RW))
-        continue;
-      rw = true;
-      if (!cb.reading) ++held;
-      add_to_messages(msgs, p);
-    }
-    a.reclaim_tx();
-    return rw;
-  };
   // The sender, as Linux, sends all it has: 180,000 bytes fit the byte credit.
-  for (int i = 0; i < kMessages && !ca.reset; ++i) {
-    a.write_message(ca, std::string_view(all).substr(i * kSize, kSize));
-    if (i % 32 == 31) take();
-  }
-  // Until the device stops delivering to a guest that reads nothing, or has
-  // delivered more than Linux holds.
-  auto last_rw = Clock::now();
-  const auto quiet = std::chrono::milliseconds(2 * ctx.cfg().quiet_window_ms);
-  while (held <= static_cast<int>(limit) && !cb.reset && ctx.remaining_ms() > 3000 &&
-         Clock::now() - last_rw < quiet) {
-    if (take()) last_rw = Clock::now();
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  check(held > 0, fmt::format("RW packets from CID {} before CID {} reads", sib.cid(), ctx.cid()), "none");
-  check(held <= static_cast<int>(limit),
-        fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
-                    "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS), and the sending "
-                    "guest, metering bytes only, cannot know",
-                    limit, cb.buf_alloc, kLinuxSkbTruesize),
-        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, cb.unread()));
-  check(!cb.reset && !ca.reset, "the connection to stay open while the receiving guest holds its packets", "RST");
-  ctx.note(fmt::format("{} RW packets held by CID {} before it read (Linux's limit: {})", held, ctx.cid(), limit));
-
-  // The receiver reads, and tells its peer as its queue drains, as Linux does.
-  b.read_queued(cb);
-  uint32_t told = cb.fwd_cnt;
-  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms() - 500, 4000));
-  while (msgs.size() <= kMessages && !cb.reset && Clock::now() < end) {
-    take();
-    if (cb.fwd_cnt != told) {
-      b.credit_update(cb);
-      told = cb.fwd_cnt;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  size_t intact = 0;
-  while (intact + 1 < msgs.size() && msgs[intact] == all.substr(intact * kSize, kSize)) ++intact;
-  check(!cb.reset && intact == kMessages && msgs.back().empty(),
-        fmt::format("all {} messages of {} bytes, each ended by EOM, once the receiving guest reads", kMessages,
-                    kSize),
-        fmt::format("{}{} intact message(s) of {} with EOM, {} bytes after the last EOM", cb.reset ? "RST; " : "",
-                    intact, msgs.size() - 1, msgs.back().size()));
+  const std::string all = payload(kMessages * kSize, 'm');
+  int sent = 0;
+  expect_within_linux_packet_limit(ctx, b, cb, all, kSize, sent, [&] {
+    for (int n = 0; n < 32 && sent < kMessages && !ca.reset; ++n, ++sent)
+      a.write_message(ca, std::string_view(all).substr(sent * kSize, kSize));
+    a.reclaim_tx();
+    std::vector<RxPacket> mine;
+    for (auto& p : b.poll_rx())
+      if (p.hdr.src_cid == sib.cid() && p.hdr.src_port == kPeerPort && p.hdr.dst_port == kListenPort)
+        mine.push_back(std::move(p));
+    return mine;
+  });
+  check(!ca.reset, fmt::format("the sending guest's connection (CID {}) to stay open", sib.cid()), "RST");
   for (VsockGuest* x : {&a, &b})
     expect_no_anomalies(*x, fmt::format("no stray or misaddressed packet on CID {}", x->cid()));
 }

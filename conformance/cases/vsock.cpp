@@ -729,60 +729,18 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
   auto& c = s.c;
   auto& host = s.host;
 
-  const uint32_t limit = linux_rx_packet_limit(c.buf_alloc);
   const std::string all = pattern(kMessages * kSize, 12);
-  int sent = 0, held = 0;
-  std::vector<std::string> msgs(1);
+  int sent = 0;
   // The host sends what its socket takes; the guest keeps every packet.
-  auto pump = [&] {
+  expect_within_linux_packet_limit(ctx, g, c, all, kSize, sent, [&] {
     while (sent < kMessages &&
            ::send(host.get(), all.data() + sent * kSize, kSize, MSG_DONTWAIT | MSG_NOSIGNAL) == kSize)
       ++sent;
-    bool rw = false;
-    for (const auto& p : g.poll_rx()) {
-      if (p.hdr.dst_port != 9701 || p.hdr.src_port != 9700 || p.hdr.op != op(Op::RW)) continue;
-      rw = true;
-      if (!c.reading) ++held;
-      add_to_messages(msgs, p);
-    }
-    return rw;
-  };
-  // Until the device stops sending to a guest that reads nothing, or has sent
-  // more than Linux holds.
-  auto last_rw = Clock::now();
-  const auto quiet = std::chrono::milliseconds(2 * ctx.cfg().quiet_window_ms);
-  while (held <= static_cast<int>(limit) && !c.reset && ctx.remaining_ms() > 3000 &&
-         (held == 0 || Clock::now() - last_rw < quiet)) {
-    if (pump()) last_rw = Clock::now();
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  check(held > 0, "RW packets for the host's messages before the guest reads", "none");
-  check(held <= static_cast<int>(limit),
-        fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
-                    "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS)",
-                    limit, c.buf_alloc, kLinuxSkbTruesize),
-        fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread()));
-  check(!c.reset, "the connection to stay open while the guest holds its packets", "RST");
-  ctx.note(fmt::format("{} RW packets held by the guest before it read (Linux's limit: {})", held, limit));
-
-  // The guest reads, and tells the device as its queue drains, as Linux does.
-  g.read_queued(c);
-  uint32_t told = c.fwd_cnt;
-  const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms() - 500, 4000));
-  while (msgs.size() <= kMessages && !c.reset && Clock::now() < end) {
-    pump();
-    if (c.fwd_cnt != told) {
-      g.credit_update(c);
-      told = c.fwd_cnt;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  size_t intact = 0;
-  while (intact + 1 < msgs.size() && msgs[intact] == all.substr(intact * kSize, kSize)) ++intact;
-  check(!c.reset && intact == kMessages && msgs.back().empty(),
-        fmt::format("all {} messages of {} bytes, each ended by EOM, once the guest reads", kMessages, kSize),
-        fmt::format("{}{} intact message(s) of {} with EOM (host sent {}), {} bytes after the last EOM",
-                    c.reset ? "RST; " : "", intact, msgs.size() - 1, sent, msgs.back().size()));
+    std::vector<RxPacket> mine;
+    for (auto& p : g.poll_rx())
+      if (p.hdr.dst_port == 9701 && p.hdr.src_port == 9700) mine.push_back(std::move(p));
+    return mine;
+  });
 }
 
 // A read of 0 bytes from a SOCK_SEQPACKET socket is a message of no bytes or
