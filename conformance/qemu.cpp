@@ -58,7 +58,7 @@ void QemuFrontend::start() {
   if (f.protocol_negotiated(pf::STATUS)) {
     f.get_status();
     // SET_STATUS only ever carries FEATURES_OK in the traces.
-    f.set_status(0x8);
+    f.set_status(vhu::status::FEATURES_OK);
   }
   if (mem_slots_) {
     if (!mem_added_)

@@ -98,6 +98,8 @@ class Backend final : private RingIo {
   void reply_u64(const vhu::Message& req, uint64_t v);
   void run_device();
   void signal(const vhu::UniqueFd& fd);
+  // status_ with DEVICE_NEEDS_RESET while a ring is broken (backend.cpp).
+  uint8_t reported_status() const;
   vhu::Result<void> bind_ring(unsigned q);
   // The handler for a request, or null with ctx.refusal set when the request
   // is unknown, unsupported or needs a feature that was not negotiated.
@@ -161,6 +163,8 @@ class Backend final : private RingIo {
   // GET_PROTOCOL_FEATURES came on this connection; only a fault looks at it.
   bool protocol_features_asked_ = false;
   bool owner_set_ = false;
+  // What the front-end wrote; DEVICE_NEEDS_RESET is never kept in it, being
+  // the device's to report (reported_status).
   uint8_t status_ = 0;
   bool in_device_ = false;  // re-entrancy guard for run_device()
   bool rerun_ = false;      // work arrived while the device was running

@@ -522,7 +522,7 @@ vhu::Result<uint64_t> Backend::set_config(Ctx& c) {
 }
 
 vhu::Result<uint64_t> Backend::get_status(Ctx& c) {
-  reply_u64(c.msg, status_);
+  reply_u64(c.msg, reported_status());
   c.replied = true;
   return 0;
 }
@@ -539,12 +539,13 @@ vhu::Result<uint64_t> Backend::set_status(Ctx& c) {
     return 0;
   }
   if (VSOCKREF_FAULT(forget_status)) return 0;
-  constexpr uint8_t kFeaturesOk = 8;
-  status_ = static_cast<uint8_t>(*v);
+  // QEMU writes back what GET_STATUS read with FEATURES_OK added
+  // (vhost_user_add_status), so a NEEDS_RESET we reported comes back here.
+  status_ = static_cast<uint8_t>(*v & ~vhu::status::DEVICE_NEEDS_RESET);
   // A device that cannot work with the acked features leaves FEATURES_OK
   // clear for the driver to see (virtio 3.1.1).
-  if ((status_ & kFeaturesOk) && !has_bit(features_, vhu::feature::VERSION_1)) {
-    status_ &= static_cast<uint8_t>(~kFeaturesOk);
+  if ((status_ & vhu::status::FEATURES_OK) && !has_bit(features_, vhu::feature::VERSION_1)) {
+    status_ &= static_cast<uint8_t>(~vhu::status::FEATURES_OK);
     VLOG(Warn, "{}: SET_STATUS: FEATURES_OK without VERSION_1 acked; cleared", opts_.vsock.name);
   }
   return 0;

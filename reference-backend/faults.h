@@ -31,6 +31,7 @@
   X(accept_spoofed_src_cid, "accepts tx packets whose src_cid is not the guest's CID")                \
   X(rst_an_rst, "answers an RST for an unknown connection with an RST")                               \
   X(crash_on_bad_descriptor, "abort()s when a descriptor points outside guest memory")                \
+  X(silent_ring_error, "a malformed chain stops its ring with nothing reported: no err eventfd, no DEVICE_NEEDS_RESET") \
   X(leak_extra_fds, "keeps (leaks) surplus fds attached to messages")                                 \
   X(mem_table_confuse_gpa_uva, "translates SET_VRING_ADDR ring addresses as guest-physical")             \
   X(drop_protocol_features_bit, "GET_FEATURES leaves out VHOST_USER_F_PROTOCOL_FEATURES (bit 30)")    \

@@ -102,7 +102,10 @@ Guest::Guest(vhu::UniqueFd sock, uint64_t c) : chan(std::move(sock), vhu::Plane:
   // What QEMU 7.2 with a Linux 6.1 guest acks (traces: 0x170000002).
   features = vhu::bit(f::VSOCK_F_SEQPACKET) | vhu::bit(f::RING_INDIRECT_DESC) | vhu::bit(f::RING_EVENT_IDX) |
              vhu::bit(f::VHOST_USER_F_PROTOCOL_FEATURES) | vhu::bit(f::VERSION_1);
-  for (unsigned q = 0; q < 3; ++q) call_fd[q] = eventfd_signalled(false);
+  for (unsigned q = 0; q < 3; ++q) {
+    call_fd[q] = eventfd_signalled(false);
+    err_fd[q] = eventfd_signalled(false);
+  }
 }
 
 vhu::Result<std::optional<vhu::Message>> Guest::request(vhu::Message m, bool expect_reply) {
@@ -134,7 +137,7 @@ void Guest::realize(uint64_t pf) {
     call.fds.push_back(dup_fd(call_fd[q].get()));
     send(std::move(call));
     auto err = vhu::Message::request_with(id(FrontendReq::SET_VRING_ERR), q);
-    err.fds.push_back(eventfd_signalled(false));
+    err.fds.push_back(dup_fd(err_fd[q].get()));
     send(std::move(err));
   }
   if (vhu::has_bit(pf, vhu::protocol_feature::CONFIG)) {
@@ -188,8 +191,11 @@ void Guest::start(bool with_event, uint16_t base_rx, uint16_t base_tx) {
     send(std::move(call));
   }
   send(vhu::Message::request_with(id(FrontendReq::SET_FEATURES), features));
-  request_u64(vhu::Message::empty(id(FrontendReq::GET_STATUS)));
-  send(vhu::Message::request_with(id(FrontendReq::SET_STATUS), uint64_t{8}));
+  // QEMU's vhost_user_add_status: what GET_STATUS read, FEATURES_OK added,
+  // written back only when it was not set already.
+  const uint64_t status = request_u64(vhu::Message::empty(id(FrontendReq::GET_STATUS)));
+  if (!(status & vhu::status::FEATURES_OK))
+    send(vhu::Message::request_with(id(FrontendReq::SET_STATUS), status | vhu::status::FEATURES_OK));
   check(request_u64(ram.mem_table(true)) == 0, "SET_MEM_TABLE refused");
   setup_ring(0, rxq, base_rx);
   setup_ring(1, txq, base_tx);

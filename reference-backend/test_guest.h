@@ -88,7 +88,7 @@ class Guest {
   vhu::Channel chan;
   vhu::DriverQueue rxq, txq, evq;
   uint64_t ring_gpa[3] = {};
-  vhu::UniqueFd kick_fd[3], call_fd[3];
+  vhu::UniqueFd kick_fd[3], call_fd[3], err_fd[3];
   uint64_t cid;
   uint64_t features = 0;
   uint32_t buf_alloc = 256 * 1024;

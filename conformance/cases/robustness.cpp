@@ -561,6 +561,67 @@ void ring_body(Ctx& ctx) {
     if (n == m.name) return ring_mutation(ctx, m);
 }
 
+// A back-end may step over a malformed chain or stop the ring at it (the
+// ring cases above accept both). Once it stops, every later packet of the
+// guest waits forever, so it has to tell someone: QEMU watches the err
+// eventfd ("vhost vring error in virtqueue"), a front-end that asks GET_STATUS
+// sees DEVICE_NEEDS_RESET. A back-end that steps over the chain is in no error
+// state, and the case has nothing to judge.
+CONFORM_CASE(ring_error_reported,
+             .id = "robustness.ring_error_reported",
+             .requirements = {"VIRTIO-NEEDS-RESET", "VU-VRING-ERR"},
+             .summary = "a tx ring that a malformed chain stopped is reported: its err eventfd signalled or "
+                        "DEVICE_NEEDS_RESET in GET_STATUS",
+             .device = "vsock") {
+  constexpr uint32_t kBehindPort = kListenPort + 1;
+  auto bad_target = ctx.host().listen(kListenPort);
+  auto behind_target = ctx.host().listen(kBehindPort);
+  QemuFrontend q = started(ctx);
+  auto& g = q.guest();
+  tx_consume(ctx, g, 1, "before the malformed chain");
+  GuestQueue& tq = g.tx();
+  Build b{ctx, tq};
+  b.buf = ctx.ram().alloc(4096, 64, 0);
+  b.d0 = static_cast<uint16_t>(tq.size() - 1);
+  auto h = g.hdr(vs::Op::REQUEST, kGuestPort, kListenPort);
+  vs::encode(h, std::span<uint8_t, vs::kHdrSize>(ctx.ram().host(b.buf, kHdr), vs::kHdrSize));
+  b.table()[b.d0] = {b.buf, kHdr, kNext, static_cast<uint16_t>(tq.size() + 7)};  // next_out_of_range
+  auto& dq = tq.dq();
+  const uint16_t idx = dq.avail_idx();
+  dq.avail_ring()[idx % tq.size()] = b.d0;
+  dq.set_avail_idx_raw(static_cast<uint16_t>(idx + 1));
+  tq.take_errs();
+  // The chain and a valid REQUEST behind it, in one kick.
+  g.send(g.hdr(vs::Op::REQUEST, kGuestPort + 1, kBehindPort));
+  const std::string went_on =
+      "the back-end went on past the malformed tx chain (the REQUEST behind it reached the host{}): no error state, "
+      "nothing to report";
+  if (accept_timeout(behind_target.get(), ctx.cfg().quiet_window_ms).valid())
+    skip(fmt::format(fmt::runtime(went_on), fmt::format("; err eventfd signalled {}x", tq.take_errs())));
+  if (expect_survived(ctx, "a malformed tx chain")) {
+    ctx.note("the back-end closed the connection: the front-end sees that");
+    return;
+  }
+  const uint64_t errs = tq.take_errs();
+  std::string status = "not negotiated";
+  bool needs_reset = false;
+  if (ctx.fe().protocol_negotiated(vhu::protocol_feature::STATUS)) {
+    const uint64_t s = ctx.fe().get_status();
+    needs_reset = (s & vhu::status::DEVICE_NEEDS_RESET) != 0;
+    status = fmt::format("{:#x}", s);
+  }
+  ctx.note(fmt::format("tx stopped at the malformed chain; err eventfd signalled {}x, GET_STATUS {}", errs, status));
+  if (errs > 0 || needs_reset) return;
+  // Only a back-end about to fail waits this long: a slow one is not one that stopped.
+  const int wait_ms = std::min(ctx.remaining_ms(), 2000);
+  if (accept_timeout(behind_target.get(), wait_ms).valid()) skip(fmt::format(fmt::runtime(went_on), ", late"));
+  fail("tx stopped by a malformed chain and reported: ring 1's err eventfd signalled, or DEVICE_NEEDS_RESET (0x40) "
+       "in GET_STATUS",
+       fmt::format("neither (err eventfd signalled 0x, GET_STATUS {}), and the REQUEST behind the chain was not "
+                   "processed in {} ms: the guest's later packets wait with nothing to say why",
+                   status, ctx.cfg().quiet_window_ms + wait_ms));
+}
+
 CONFORM_CASE(vsock_len_exceeds_buffer,
              .id = "robustness.vsock_len_exceeds_buffer",
              .requirements = {"VSOCK-HDR-LEN", "VQ-DEVICE-WRITES"},

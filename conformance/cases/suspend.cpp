@@ -22,7 +22,6 @@ namespace vs = vhu::vsock;
 constexpr uint32_t kHostPort = 1300;    // the guest's stream goes to <uds>_1300
 constexpr uint32_t kGuestPort = 4300;
 constexpr uint32_t kListenPort = 5300;  // guest ports the host CONNECTs to
-constexpr uint64_t kFeaturesOk = 0x8;
 
 // A running device (QEMU 7.2's start) with one guest-initiated stream open,
 // data exchanged on it, and with Stage::Suspended every started ring stopped.
@@ -145,7 +144,7 @@ CONFORM_CASE(answers_frontend,
   }
   if (fe.protocol_negotiated(pf::STATUS)) {
     const uint64_t st = fe.get_status();
-    check(st == kFeaturesOk, "GET_STATUS while suspended: FEATURES_OK (0x8), as set at start (a stop is no reset)",
+    check(st == vhu::status::FEATURES_OK, "GET_STATUS while suspended: FEATURES_OK (0x8), as set at start (a stop is no reset)",
           fmt::format("{:#x}", st));
   }
   if (fe.reply_ack()) {

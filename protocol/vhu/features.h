@@ -75,6 +75,12 @@ VHU_PROTOCOL_FEATURES(VHU_X)
 #undef VHU_X
 }  // namespace protocol_feature
 
+// The device status byte (virtio 2.1), as GET_STATUS and SET_STATUS carry it.
+namespace status {
+inline constexpr uint8_t ACKNOWLEDGE = 1, DRIVER = 2, DRIVER_OK = 4, FEATURES_OK = 8, DEVICE_NEEDS_RESET = 0x40,
+                         FAILED = 0x80;
+}  // namespace status
+
 constexpr uint64_t bit(unsigned n) { return uint64_t{1} << n; }
 constexpr bool has_bit(uint64_t mask, unsigned n) { return n < 64 && (mask >> n) & 1; }
 
