@@ -127,6 +127,14 @@ void exchange(Ctx& ctx, VsockGuest& g, GuestConn& c, int host_fd, const std::str
   check(ok && in == down, fmt::format("the guest to receive \"{}\" exactly once", down), fmt::format("\"{}\"", in));
 }
 
+std::string first_difference(std::string_view want, std::string_view got) {
+  size_t i = 0;
+  while (i < want.size() && i < got.size() && want[i] == got[i]) ++i;
+  if (i == want.size() && i == got.size()) return "identical";
+  if (i == got.size()) return fmt::format("{} of {} bytes arrived", got.size(), want.size());
+  return fmt::format("{} bytes arrived; first difference at offset {}", got.size(), i);
+}
+
 void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p) {
   msgs.back().append(p.data.begin(), p.data.end());
   if (p.hdr.flags & vhu::vsock::kSeqEom) msgs.emplace_back();
@@ -134,6 +142,7 @@ void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p) {
 
 void expect_within_linux_packet_limit(Ctx& ctx, VsockGuest& g, GuestConn& c, std::string_view all, size_t size,
                                       const int& sent, const std::function<std::vector<RxPacket>()>& flow) {
+  const bool stream = c.type == vhu::vsock::kTypeStream;
   const size_t messages = all.size() / size;
   const uint32_t limit = linux_rx_packet_limit(c.buf_alloc);
   int held = 0;
@@ -160,8 +169,9 @@ void expect_within_linux_packet_limit(Ctx& ctx, VsockGuest& g, GuestConn& c, std
   check(held > 0, fmt::format("RW packets for CID {} port {} before it reads", g.cid(), c.local_port), "none");
   check(held <= static_cast<int>(limit),
         fmt::format("at most {} RW packets held by a guest that has read nothing (buf_alloc {} / SKB_TRUESIZE(0) "
-                    "{}); Linux 6.12.92 and later reset the connection at the next (ENOBUFS)",
-                    limit, c.buf_alloc, kLinuxSkbTruesize),
+                    "{}); Linux 6.12.92 and later{} reset the connection at the next (ENOBUFS)",
+                    limit, c.buf_alloc, kLinuxSkbTruesize,
+                    stream ? ", until they learnt to merge queued stream packets," : ""),
         fmt::format("{} RW packets, {} bytes, all within the byte credit", held, c.unread()));
   check(!c.reset, "the connection to stay open while the guest holds its packets", "RST");
   ctx.note(fmt::format("{} RW packets held by CID {} before it read (Linux's limit: {})", held, g.cid(), limit));
@@ -170,13 +180,23 @@ void expect_within_linux_packet_limit(Ctx& ctx, VsockGuest& g, GuestConn& c, std
   g.read_queued(c);
   uint32_t told = c.fwd_cnt;
   const auto end = Clock::now() + std::chrono::milliseconds(std::min(ctx.remaining_ms() - 500, 4000));
-  while (msgs.size() <= messages && !c.reset && Clock::now() < end) {
+  auto done = [&] { return stream ? msgs.front().size() >= all.size() : msgs.size() > messages; };
+  while (!done() && !c.reset && Clock::now() < end) {
     take();
     if (c.fwd_cnt != told) {
       g.credit_update(c);
       told = c.fwd_cnt;
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  if (stream) {
+    check(!c.reset && msgs.size() == 1 && msgs.front() == all,
+          fmt::format("all {} bytes in order, no EOM on a stream, once the guest reads", all.size()),
+          c.reset ? "RST"
+          : msgs.size() > 1
+              ? fmt::format("EOM on a stream RW packet after {} bytes", msgs.front().size())
+              : first_difference(all, msgs.front()));
+    return;
   }
   size_t intact = 0;
   while (intact + 1 < msgs.size() && msgs[intact] == all.substr(intact * size, size)) ++intact;

@@ -62,16 +62,20 @@ std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, vhu::vsock::Op o, uint3
 constexpr uint32_t kLinuxSkbTruesize = 576;  // SKB_TRUESIZE(0) on x86-64 and arm64
 constexpr uint32_t linux_rx_packet_limit(uint32_t buf_alloc) { return buf_alloc / kLinuxSkbTruesize; }
 
+// Where two byte strings first differ, for a message a back-end author can act on.
+std::string first_difference(std::string_view want, std::string_view got);
+
 // Appends an RW packet's payload to the SEQPACKET message it continues (the
 // last of `msgs`); its EOM ends that message and starts the next.
 void add_to_messages(std::vector<std::string>& msgs, const RxPacket& p);
 
-// LINUX-RX-PACKET-LIMIT on a SEQPACKET flow into guest `g`, whose connection
-// `c` reads nothing yet: `flow` sends more of `all` (messages of `size` bytes,
-// counting them in `sent`) and returns the packets of the flow `g` took. At
-// most linux_rx_packet_limit() RW packets may arrive before the guest reads,
-// the connection stays open, and once it reads, telling the sender as its
-// queue drains as Linux does, every message arrives whole, with EOM.
+// LINUX-RX-PACKET-LIMIT on a flow into guest `g`, whose connection `c` reads
+// nothing yet: `flow` sends more of `all` (messages, or on a stream writes, of
+// `size` bytes, counting them in `sent`) and returns the packets of the flow
+// `g` took. At most linux_rx_packet_limit() RW packets may arrive before the
+// guest reads, the connection stays open, and once it reads, telling the
+// sender as its queue drains as Linux does, every byte arrives: on SEQPACKET
+// every message whole, with EOM; on a stream in order, with no EOM.
 void expect_within_linux_packet_limit(Ctx& ctx, VsockGuest& g, GuestConn& c, std::string_view all, size_t size,
                                       const int& sent, const std::function<std::vector<RxPacket>()>& flow);
 

@@ -2,7 +2,9 @@
 // it through a vhost-user back-end: the config, byte streams both ways,
 // credit, RST and SHUTDOWN, SEQPACKET boundaries, addressing, and bounded
 // resources against a guest that ignores credit.
+#include <linux/sockios.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -35,15 +37,6 @@ std::string pattern(size_t n, unsigned seed) {
     s[i] = static_cast<char>(x >> 24);
   }
   return s;
-}
-
-// Where two byte strings first differ, for a message a back-end author can act on.
-std::string first_difference(const std::string& want, const std::string& got) {
-  size_t i = 0;
-  while (i < want.size() && i < got.size() && want[i] == got[i]) ++i;
-  if (i == want.size() && i == got.size()) return "identical";
-  if (i == got.size()) return fmt::format("{} of {} bytes arrived", got.size(), want.size());
-  return fmt::format("{} bytes arrived; first difference at offset {}", got.size(), i);
 }
 
 // Writes everything within `ms`, never blocking longer: a back-end that stops
@@ -741,6 +734,53 @@ CONFORM_CASE(seqpacket_within_linux_packet_limit,
       if (p.hdr.dst_port == 9701 && p.hdr.src_port == 9700) mine.push_back(std::move(p));
     return mine;
   });
+}
+
+// The same limit on a stream. Kernels from 6.12.92 until they learnt to merge
+// queued stream packets reset streams too (libkrun #795 and gominimal/minimal
+// #869 lost uploads to it). The host writes each piece only once the device
+// has taken the one before out of its socket, so a device that forwards each
+// read as a packet of its own makes one packet per write; a device that
+// stops reading (its credit or share used up) gets the rest as one burst.
+CONFORM_CASE(stream_within_linux_packet_limit,
+             .id = "vsock.stream_within_linux_packet_limit",
+             .requirements = {"LINUX-RX-PACKET-LIMIT", "VSOCK-STREAM-DELIVERY"},
+             .summary = "800 host writes of 300 bytes, each once the back-end took the one before, to a guest that "
+                        "reads none yet: at most buf_alloc / 576 RW packets held, and every byte once it reads",
+             .device = "vsock",
+             .timeout_ms = 10000) {
+  constexpr int kWrites = 800;  // 240,000 bytes: within the 256 KiB credit
+  constexpr size_t kSize = 300;  // above GOOD_COPY_LEN (128), below which Linux merges a packet
+  // A device this slow to read is taken to have stopped (a slow one merely
+  // merges pieces, which can only help it).
+  constexpr auto kPace = std::chrono::milliseconds(250);
+  HostOpened s(ctx, 9711);
+  s.c.reading = false;
+  const int host = s.host.get();
+  const std::string all = pattern(kWrites * kSize, 13);
+  int sent = 0, one_by_one = 0;
+  bool paced = true;
+  auto last_write = Clock::now();
+  expect_within_linux_packet_limit(ctx, s.g, s.c, all, kSize, sent, [&] {
+    int queued = 0;
+    if (paced && sent > 0 && ::ioctl(host, SIOCOUTQ, &queued) == 0 && queued > 0 &&
+        Clock::now() - last_write > kPace)
+      paced = false;
+    if (sent < kWrites && (!paced || queued == 0)) {
+      do {
+        if (::send(host, all.data() + sent * kSize, kSize, MSG_DONTWAIT | MSG_NOSIGNAL) != kSize) break;
+        ++sent;
+        one_by_one += paced;
+        last_write = Clock::now();
+      } while (!paced && sent < kWrites);
+    }
+    std::vector<RxPacket> mine;
+    for (auto& p : s.g.poll_rx())
+      if (p.hdr.dst_port == 9711) mine.push_back(std::move(p));
+    return mine;
+  });
+  ctx.note(fmt::format("the host wrote {} of the {} pieces one at a time{}", one_by_one, kWrites,
+                       paced ? "" : ", the rest at once after the back-end left one in its socket for 250 ms"));
 }
 
 // A read of 0 bytes from a SOCK_SEQPACKET socket is a message of no bytes or
