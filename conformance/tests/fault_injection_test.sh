@@ -120,6 +120,9 @@ done
 
 # One line: run the suite, compare, write the verdict to $out/line-I.txt.
 run_line() {
+  # The options are split into words below, never globbed ("--filter program.*").
+  local -
+  set -f
   local i=$1 f=${l_fault[$1]} base="$out/line-$1-${l_fault[$1]}"
   local t0=$SECONDS spec=upstream
   # The back-end follows the same spec text as the runner.
