@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <thread>
 
 #include "robustness_util.h"
@@ -503,17 +504,10 @@ const RingMutation kRing[] = {
      }},
 };
 
-void ring_mutation(Ctx& ctx, const RingMutation& mu) {
-  fill_canary(ctx.ram());
-  QemuOptions o;
-  o.post_rx_before_start = false;
-  if (mu.indirect == Indirect::Off) o.guest_features &= ~vhu::bit(vhu::feature::RING_INDIRECT_DESC);
-  auto listener = ctx.host().listen(kListenPort);
-  QemuFrontend q = started(ctx, o);
-  if (mu.indirect == Indirect::Needed && !vhu::has_bit(q.acked_features(), vhu::feature::RING_INDIRECT_DESC))
-    skip("back-end does not offer VIRTIO_F_RING_INDIRECT_DESC");
-  auto& g = q.guest();
-  tx_consume(ctx, g, 1, "before the malformed ring input");
+// Lays `mu` in the descriptors the guest driver leaves unused on `mu`'s ring
+// of `g` and makes it available, without a kick. A tx chain carries a valid
+// REQUEST from kGuestPort to kListenPort.
+GuestQueue& lay_malformed(Ctx& ctx, VsockGuest& g, const RingMutation& mu) {
   GuestQueue& rq = mu.side == Side::Tx ? g.tx() : g.rx();
   Build b{ctx, rq};
   b.buf = ctx.ram().alloc(4096, 64, mu.side == Side::Tx ? 0 : 1);
@@ -533,6 +527,27 @@ void ring_mutation(Ctx& ctx, const RingMutation& mu) {
     dq.avail_ring()[idx % rq.size()] = b.head;
     dq.set_avail_idx_raw(static_cast<uint16_t>(idx + 1));
   }
+  return rq;
+}
+
+const RingMutation& ring_entry(std::string_view name) {
+  for (const auto& m : kRing)
+    if (name == m.name) return m;
+  throw std::logic_error("suite bug: no ring mutation " + std::string(name));
+}
+
+void ring_mutation(Ctx& ctx, const RingMutation& mu) {
+  fill_canary(ctx.ram());
+  QemuOptions o;
+  o.post_rx_before_start = false;
+  if (mu.indirect == Indirect::Off) o.guest_features &= ~vhu::bit(vhu::feature::RING_INDIRECT_DESC);
+  auto listener = ctx.host().listen(kListenPort);
+  QemuFrontend q = started(ctx, o);
+  if (mu.indirect == Indirect::Needed && !vhu::has_bit(q.acked_features(), vhu::feature::RING_INDIRECT_DESC))
+    skip("back-end does not offer VIRTIO_F_RING_INDIRECT_DESC");
+  auto& g = q.guest();
+  tx_consume(ctx, g, 1, "before the malformed ring input");
+  GuestQueue& rq = lay_malformed(ctx, g, mu);
   const auto allowed = vsock_writable(g);
   RamSnapshot snap(ctx.ram());
   rq.take_errs();
@@ -555,11 +570,7 @@ void ring_mutation(Ctx& ctx, const RingMutation& mu) {
   expect_fresh_connection_works(ctx, std::string("after ") + mu.summary);
 }
 
-void ring_body(Ctx& ctx) {
-  const std::string n = tail(ctx);
-  for (const auto& m : kRing)
-    if (n == m.name) return ring_mutation(ctx, m);
-}
+void ring_body(Ctx& ctx) { ring_mutation(ctx, ring_entry(tail(ctx))); }
 
 // A back-end may step over a malformed chain or stop the ring at it (the
 // ring cases above accept both). Once it stops, every later packet of the
@@ -579,17 +590,7 @@ CONFORM_CASE(ring_error_reported,
   QemuFrontend q = started(ctx);
   auto& g = q.guest();
   tx_consume(ctx, g, 1, "before the malformed chain");
-  GuestQueue& tq = g.tx();
-  Build b{ctx, tq};
-  b.buf = ctx.ram().alloc(4096, 64, 0);
-  b.d0 = static_cast<uint16_t>(tq.size() - 1);
-  auto h = g.hdr(vs::Op::REQUEST, kGuestPort, kListenPort);
-  vs::encode(h, std::span<uint8_t, vs::kHdrSize>(ctx.ram().host(b.buf, kHdr), vs::kHdrSize));
-  b.table()[b.d0] = {b.buf, kHdr, kNext, static_cast<uint16_t>(tq.size() + 7)};  // next_out_of_range
-  auto& dq = tq.dq();
-  const uint16_t idx = dq.avail_idx();
-  dq.avail_ring()[idx % tq.size()] = b.d0;
-  dq.set_avail_idx_raw(static_cast<uint16_t>(idx + 1));
+  GuestQueue& tq = lay_malformed(ctx, g, ring_entry("next_out_of_range"));
   tq.take_errs();
   // The chain and a valid REQUEST behind it, in one kick.
   g.send(g.hdr(vs::Op::REQUEST, kGuestPort + 1, kBehindPort));
