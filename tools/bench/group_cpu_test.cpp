@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 namespace {
 
 // A child in a process group of its own, running `body` until killed.
@@ -37,16 +39,23 @@ void end(pid_t pid) {
 TEST(GroupCpu, CountsTheGroupsRunningTime) {
   const pid_t g = group_of_one(spin);
   ASSERT_GT(g, 0);
-  bench::CpuMeter m(g);
-  m.start();
-  ::usleep(300 * 1000);
-  m.stop();
+  // Other tests may share the CPUs (once, after a build, the spinner got
+  // less than a tenth of one in a single window), so the meter gets up to ten
+  // windows to see it run a fair part of the time. One thread never runs on
+  // more than one CPU, in any window.
+  double best = 0;
+  for (int window = 0; window < 10 && best <= 10.0; ++window) {
+    bench::CpuMeter m(g);
+    m.start();
+    ::usleep(300 * 1000);
+    m.stop();
+    EXPECT_TRUE(m.percent().has_value());
+    if (!m.percent()) break;  // the spinner must still be ended
+    EXPECT_LT(*m.percent(), 105.0);
+    best = std::max(best, *m.percent());
+  }
   end(g);
-  ASSERT_TRUE(m.percent().has_value());
-  // Other tests may share the CPUs, so only "it ran a fair part of the time";
-  // and one thread never runs on more than one CPU.
-  EXPECT_GT(*m.percent(), 10.0);
-  EXPECT_LT(*m.percent(), 105.0);
+  EXPECT_GT(best, 10.0);
 }
 
 TEST(GroupCpu, IdleGroupUsesNone) {
