@@ -229,6 +229,16 @@ Result<std::optional<Chain>> DeviceQueue::pop() {
   return std::optional<Chain>{std::move(c)};
 }
 
+Result<std::optional<uint16_t>> DeviceQueue::skip() {
+  auto n = pending();
+  if (!n.ok()) return n.error();
+  if (*n == 0) return std::optional<uint16_t>{};
+  const uint16_t slot = static_cast<uint16_t>(last_avail_ % size_);
+  const uint16_t head = load16(avail_ + kRingEntries + 2ull * slot, __ATOMIC_RELAXED);
+  ++last_avail_;
+  return std::optional<uint16_t>{head};
+}
+
 // The spec bounds a chain by the queue size, and says so among the indirect
 // descriptor rules, so direct and indirect descriptors together may not
 // exceed `size`; an indirect table itself may be larger than the chain it

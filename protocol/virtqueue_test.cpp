@@ -272,6 +272,37 @@ TEST_F(VirtQueueTest, RejectsNextOutOfRange) {
   expect_rejected("descriptor 0: next 4096 >= queue size 256");
 }
 
+TEST_F(VirtQueueTest, SkipStepsOverAMalformedChain) {
+  start(256);
+  const uint16_t bad = add_publish({rd(0, 8), wr(0x100, 8)});
+  drv_.desc_table()[bad].next = 4096;
+  const uint16_t good = add_publish({rd(0x200, 8)});
+  expect_rejected("next 4096");
+  auto s = dev_.skip();
+  ASSERT_TRUE(s.ok()) << s.message();
+  ASSERT_TRUE(s->has_value());
+  EXPECT_EQ(**s, bad);
+  ASSERT_TRUE(dev_.push(**s, 0).ok());
+  EXPECT_EQ(pop_one().head, good);
+  s = dev_.skip();
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->has_value());  // nothing left to step over
+  EXPECT_EQ(dev_.last_avail(), 2);
+}
+
+TEST_F(VirtQueueTest, SkipOfAHeadOutOfRangeLeavesPushToRefuseIt) {
+  start(256);
+  add({rd(0, 8)});
+  drv_.avail_ring()[0] = 256;
+  drv_.publish();
+  auto s = dev_.skip();
+  ASSERT_TRUE(s.ok()) << s.message();
+  ASSERT_TRUE(s->has_value());
+  EXPECT_EQ(**s, 256);
+  EXPECT_FALSE(dev_.push(**s, 0).ok());
+  EXPECT_EQ(dev_.last_avail(), 1);
+}
+
 TEST_F(VirtQueueTest, RejectsLoop) {
   start(256);
   add_publish({rd(0, 8), rd(0x100, 8), rd(0x200, 8)});

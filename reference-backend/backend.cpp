@@ -199,6 +199,17 @@ std::optional<vhu::Chain> Backend::pop(unsigned q) {
   auto c = r.queue.pop();
   if (c.ok()) return std::move(*c);
   if (VSOCKREF_FAULT(crash_on_bad_descriptor)) std::abort();
+  if (VSOCKREF_FAULT(step_over_bad_chain)) {
+    // At most the ring's pending entries, each stepped over once.
+    while (!c.ok()) {
+      auto s = r.queue.skip();
+      if (!s.ok() || !s->has_value()) break;
+      VLOG(Warn, "{}: ring {}: {}; returned unused", opts_.vsock.name, q, c.message());
+      push(q, **s, 0);
+      c = r.queue.pop();
+    }
+    if (c.ok()) return std::move(*c);
+  }
   // A guest bug must not take the whole VM's device down with a crash, nor
   // spin on the same bad entry: the ring stops until it is set up again.
   VLOG(Error, "{}: ring {}: {}; ring stopped until the front-end sets it up again", opts_.vsock.name, q, c.message());

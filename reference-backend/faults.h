@@ -1,5 +1,7 @@
 // Deliberate departures from the spec, for the conformance suite's self-test:
-// every case must be able to fail, and these make it fail on purpose. Only
+// every case must be able to fail, and these make it fail on purpose. One
+// (step_over_bad_chain) is a choice the spec allows beside ours, which the
+// cases must accept as they accept ours. Only
 // the vhost-user-vsock-faulty binary (built with VHU_FAULT_INJECTION) can
 // turn one on; in every other build VSOCKREF_FAULT() is the constant false,
 // so the faulty branch is dead code the compiler drops.
@@ -31,6 +33,8 @@
   X(accept_spoofed_src_cid, "accepts tx packets whose src_cid is not the guest's CID")                \
   X(rst_an_rst, "answers an RST for an unknown connection with an RST")                               \
   X(crash_on_bad_descriptor, "abort()s when a descriptor points outside guest memory")                \
+  X(step_over_bad_chain, "allowed, not a departure: returns a malformed chain unused (0 bytes) and goes on, where " \
+                         "the reference back-end stops the ring; no case may fail")                  \
   X(silent_ring_error, "a malformed chain stops its ring with nothing reported: no err eventfd, no DEVICE_NEEDS_RESET") \
   X(leak_extra_fds, "keeps (leaks) surplus fds attached to messages")                                 \
   X(mem_table_confuse_gpa_uva, "translates SET_VRING_ADDR ring addresses as guest-physical")             \

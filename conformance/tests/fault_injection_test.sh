@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # For every line of fault_expectations.txt, the suite run against the faulty
 # back-end with that fault must report exactly the failing cases the line
-# lists, and nothing else. Then every case must be a must-fail of at least one
+# lists, and nothing else, and skip the cases it says must skip. Then every case must be a must-fail of at least one
 # fault that is not broad: a case no fault can make fail proves nothing.
 # The file's header documents the syntax.
 #   fault_injection_test.sh RUNNER EXPECTATIONS OUT_DIR [PARALLEL [JOBS]]
@@ -38,7 +38,7 @@ fi
 
 # Directives and fault lines, comments and blank lines dropped.
 allow_uncovered="" allow_empty=""
-declare -a l_fault l_broad l_args l_want l_maybe l_text
+declare -a l_fault l_broad l_args l_want l_maybe l_skip l_text
 n=0
 while IFS= read -r raw; do
   line=${raw%%#*}
@@ -74,7 +74,7 @@ while IFS= read -r raw; do
     done
   fi
   grep -qxF "$fault" <<<"$known" || problem "line for $fault: the faulty back-end has no such fault"
-  want="" maybe="" unless=""
+  want="" maybe="" unless="" skips=""
   set -f
   for t in $ids; do
     case $t in
@@ -82,12 +82,13 @@ while IFS= read -r raw; do
       '?*') maybe+=$'\n'"$all_cases" ;;
       '?'*) maybe+=$'\n'"${t#?}" ;;
       '!'*) unless+=$'\n'"${t#!}" ;;
+      '~'*) skips+=$'\n'"${t#\~}" ;;
       *) want+=$'\n'"$t" ;;
     esac
     if [[ "$t" == '*' || "$t" == '?*' || "$t" == '!'* ]] && ((!broad)); then
       problem "line for $fault: '$t' needs [broad]"
     fi
-    id=${t#[?!]}
+    id=${t#[?!~]}
     if [[ "$id" != '*' ]] && ! grep -qxF "$id" <<<"$all_cases"; then
       problem "line for $fault: '$id' is not a case of $runner --list"
     fi
@@ -95,7 +96,8 @@ while IFS= read -r raw; do
   set +f
   want=$(comm -23 <(grep -v '^$' <<<"$want" | sort -u) <(grep -v '^$' <<<"$unless" | sort -u))
   maybe=$(grep -v '^$' <<<"$maybe" | sort -u)
-  l_fault[n]=$fault l_broad[n]=$broad l_args[n]=$args l_want[n]=$want l_maybe[n]=$maybe
+  skips=$(grep -v '^$' <<<"$skips" | sort -u)
+  l_fault[n]=$fault l_broad[n]=$broad l_args[n]=$args l_want[n]=$want l_maybe[n]=$maybe l_skip[n]=$skips
   l_text[n]="$fault${args:+ [${args# }]}"
   n=$((n + 1))
 done <"$table"
@@ -113,8 +115,8 @@ for f in $known; do
   ((seen)) || problem "fault $f has no line in $table"
 done
 for ((i = 0; i < n; i++)); do
-  if [[ -z "${l_want[i]}" ]] && ! allowed "${l_fault[i]}" "$allow_empty"; then
-    problem "${l_text[i]}: no case must fail (a fault that fails nothing proves nothing; see allow-empty)"
+  if [[ -z "${l_want[i]}" && -z "${l_skip[i]}" ]] && ! allowed "${l_fault[i]}" "$allow_empty"; then
+    problem "${l_text[i]}: no case must fail or skip (a line that expects nothing proves nothing; see allow-empty)"
   fi
 done
 
@@ -135,30 +137,39 @@ run_line() {
     --spawn-siblings "$faulty --fault $f --spec $spec $vms" \
     --jobs "$jobs" --no-progress --junit "$base.xml" ${l_args[i]} >"$base.log" 2>&1
   local rc=$?
-  local got
-  got=$(python3 - "$base.xml" <<'PY'
+  local verdicts got skipped
+  # One line per case that did not pass: "F id" (failure or error) or "S id".
+  verdicts=$(python3 - "$base.xml" <<'PY'
 import sys, xml.etree.ElementTree as ET
 try:
     root = ET.parse(sys.argv[1]).getroot()
 except (OSError, ET.ParseError) as e:
     sys.exit(f"no usable JUnit report: {e}")
 for tc in root.iter("testcase"):
+    case = tc.get("classname").split(".")[-1] + "." + tc.get("name")
     if tc.find("failure") is not None or tc.find("error") is not None:
-        print(tc.get("classname").split(".")[-1] + "." + tc.get("name"))
+        print("F", case)
+    elif tc.find("skipped") is not None:
+        print("S", case)
 PY
   ) || rc=3
-  got=$(grep -v '^$' <<<"$got" | sort -u)
-  local missing extra
+  got=$(awk '$1 == "F" {print $2}' <<<"$verdicts" | sort -u)
+  skipped=$(awk '$1 == "S" {print $2}' <<<"$verdicts" | sort -u)
+  local missing extra unskipped
   missing=$(comm -23 <(echo "${l_want[i]}") <(echo "$got") | grep -v '^$')
   extra=$(comm -13 <(printf '%s\n' "${l_want[i]}" "${l_maybe[i]}" | sort -u) <(echo "$got") | grep -v '^$')
+  unskipped=$(comm -23 <(echo "${l_skip[i]}") <(echo "$skipped") | grep -v '^$')
   {
-    if [[ $rc -ne 0 && $rc -ne 1 ]] || [[ -n "$missing" || -n "$extra" ]]; then
+    if [[ $rc -ne 0 && $rc -ne 1 ]] || [[ -n "$missing" || -n "$extra" || -n "$unskipped" ]]; then
       echo "FAULT ${l_text[i]} (exit $rc, $((SECONDS - t0)) s, log $base.log):"
       [[ $rc -ne 0 && $rc -ne 1 ]] && echo "  the runner did not complete a run (exit $rc)"
       [[ -n "$missing" ]] && echo "  expected to fail but passed:" && sed 's/^/    /' <<<"$missing"
       [[ -n "$extra" ]] && echo "  failed but not listed:" && sed 's/^/    /' <<<"$extra"
+      [[ -n "$unskipped" ]] && echo "  expected to skip but did not:" && sed 's/^/    /' <<<"$unskipped"
     else
-      echo "ok   ${l_text[i]} ($((SECONDS - t0)) s): $(echo ${l_want[i]})"
+      local said
+      said=$(echo ${l_want[i]} ${l_skip[i]:+skipped: ${l_skip[i]}})
+      echo "ok   ${l_text[i]} ($((SECONDS - t0)) s): $said"
     fi
   } >"$out/line-$i.txt"
 }

@@ -58,6 +58,11 @@ class DeviceQueue {
   // Next chain, or nullopt when none is available. On error last_avail is
   // left unchanged, so the caller decides whether to skip or stop.
   Result<std::optional<Chain>> pop();
+  // Steps over the entry at last_avail without walking its chain: for a
+  // device that returns a malformed chain to the driver (push with 0 bytes)
+  // rather than stopping the ring at it. Its head, which push() refuses if it
+  // is out of range; nullopt when none is available; an error as pending().
+  Result<std::optional<uint16_t>> skip();
   // Returns a chain to the driver with `written` bytes written into it.
   Result<void> push(uint16_t head, uint32_t written);
 
