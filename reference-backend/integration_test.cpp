@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 
@@ -897,6 +898,67 @@ TEST(Integration, SeqpacketEmptyMessageBeforeTheHostCloses) {
   p = g.recv_pkt();
   ASSERT_TRUE(p) << "nothing for the host's close";
   EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
+}
+
+// The guest's SHUT_WR reaches the host only after all it sent, an empty
+// message included: when the host socket is full, the empty message waits in
+// the flow with no bytes, and "no bytes left" must not pass for "all sent".
+// A Unix socket takes a message while what it holds is below its send buffer,
+// so with 64 KiB messages the one that fills it is the one before
+// ceil(sndbuf / truesize); the empty message after it finds the socket full.
+TEST(Integration, SeqpacketEmptyMessageOnAFullSocketComesBeforeTheShutdown) {
+  std::ifstream f("/proc/sys/net/core/wmem_default");
+  uint64_t sndbuf = 0;
+  f >> sndbuf;
+  if (sndbuf == 0) GTEST_SKIP() << "cannot read net.core.wmem_default";
+  constexpr uint64_t kMsg = 64u << 10;
+  // A 64 KiB message costs its pages and one sk_buff: 64-68 KiB of the buffer.
+  const uint64_t fill = (sndbuf + kMsg - 1) / kMsg;
+  if (fill != (sndbuf + kMsg + 4096 - 1) / (kMsg + 4096))
+    GTEST_SKIP() << "net.core.wmem_default " << sndbuf << ": the message that fills the socket is uncertain";
+  Harness h;
+  if (fill * kMsg > h.cfg.tx_buffer_size) GTEST_SKIP() << "the messages that fill the socket exceed the credit";
+  Guest& g = *h.guest;
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5006, 7006, host));
+  const int one = 1;  // the credentials show only to a reader that asks for them
+  ASSERT_EQ(::setsockopt(host.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof one), 0);
+  for (uint64_t i = 0; i < fill; ++i) {
+    auto m = g.hdr(2, 5006, 7006, Op::RW, static_cast<uint32_t>(kMsg));
+    m.flags = vhu::vsock::kSeqEom;
+    g.send_pkt(m, random_bytes(kMsg, 40 + static_cast<uint32_t>(i)));
+  }
+  auto e = g.hdr(2, 5006, 7006, Op::RW, 0);
+  e.flags = vhu::vsock::kSeqEom;
+  g.send_pkt(e);
+  auto shut = g.hdr(2, 5006, 7006, Op::SHUTDOWN);
+  shut.flags = vhu::vsock::kShutdownSend;
+  g.send_pkt(shut);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // all three with the device
+  // The host reads: the messages, the empty one (it carries the back-end's
+  // credentials, SO_PASSCRED; the end of the stream carries none), the end.
+  std::vector<uint8_t> buf(kMsg + 1);
+  for (uint64_t i = 0; i <= fill + 1; ++i) {
+    pollfd pfd{host.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&pfd, 1, 2000), 1) << "nothing more after " << i << " reads";
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+    iovec v{buf.data(), buf.size()};
+    msghdr mh{};
+    mh.msg_iov = &v;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(host.get(), &mh, MSG_DONTWAIT);
+    if (i < fill) {
+      EXPECT_EQ(n, static_cast<ssize_t>(kMsg)) << "message " << i;
+    } else if (i == fill) {
+      ASSERT_EQ(n, 0);
+      EXPECT_GT(mh.msg_controllen, 0u) << "the end of the stream came where the empty message should be";
+    } else {
+      EXPECT_EQ(n, 0);
+      EXPECT_EQ(mh.msg_controllen, 0u) << "a second empty message, not the end of the stream";
+    }
+  }
 }
 
 // A SEQPACKET message still waiting for its EOM cannot go to the host, so the
