@@ -217,12 +217,10 @@ Result<std::optional<Chain>> DeviceQueue::pop() {
   auto n = pending();
   if (!n.ok()) return n.error();
   if (*n == 0) return std::optional<Chain>{};
-  // Ordered after the acquire load of avail idx inside pending().
-  const uint16_t slot = static_cast<uint16_t>(last_avail_ % size_);
-  const uint16_t head = load16(avail_ + kRingEntries + 2ull * slot, __ATOMIC_RELAXED);
+  const uint16_t head = next_head();
   if (head >= size_)
-    return Err(
-        fmt::format("avail ring entry {} (avail index {}): head {} >= queue size {}", slot, last_avail_, head, size_));
+    return Err(fmt::format("avail ring entry {} (avail index {}): head {} >= queue size {}", last_avail_ % size_,
+                           last_avail_, head, size_));
   Chain c;
   VHU_TRY(walk(head, c));
   ++last_avail_;
@@ -233,10 +231,16 @@ Result<std::optional<uint16_t>> DeviceQueue::skip() {
   auto n = pending();
   if (!n.ok()) return n.error();
   if (*n == 0) return std::optional<uint16_t>{};
-  const uint16_t slot = static_cast<uint16_t>(last_avail_ % size_);
-  const uint16_t head = load16(avail_ + kRingEntries + 2ull * slot, __ATOMIC_RELAXED);
+  const uint16_t head = next_head();
   ++last_avail_;
   return std::optional<uint16_t>{head};
+}
+
+// Only after pending() said there is one: its acquire load of the avail index
+// orders this read of the entry behind it.
+uint16_t DeviceQueue::next_head() const {
+  const uint16_t slot = static_cast<uint16_t>(last_avail_ % size_);
+  return load16(avail_ + kRingEntries + 2ull * slot, __ATOMIC_RELAXED);
 }
 
 // The spec bounds a chain by the queue size, and says so among the indirect

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # For every line of fault_expectations.txt, the suite run against the faulty
 # back-end with that fault must report exactly the failing cases the line
-# lists, and nothing else, and skip the cases it says must skip. Then every case must be a must-fail of at least one
-# fault that is not broad: a case no fault can make fail proves nothing.
+# lists, and nothing else, and skip the cases it says must skip. Then every
+# case must be a must-fail of at least one fault that is not broad: a case no
+# fault can make fail proves nothing.
 # The file's header documents the syntax.
 #   fault_injection_test.sh RUNNER EXPECTATIONS OUT_DIR [PARALLEL [JOBS]]
 # PARALLEL (default 2) fault runs go at once, each with --jobs JOBS (default

@@ -77,6 +77,7 @@ class DeviceQueue {
   Result<void> setup(const GuestMemory& mem, uint32_t size, uint8_t* desc, uint8_t* avail,
                      uint8_t* used, Options opt);
   Result<void> walk(uint16_t head, Chain& out) const;
+  uint16_t next_head() const;  // the avail ring's entry at last_avail
   uint16_t read_avail_idx() const;
 
   const GuestMemory* mem_ = nullptr;
