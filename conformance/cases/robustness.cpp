@@ -37,6 +37,9 @@ std::string tail(Ctx& ctx) {
   return n.substr(n.find('.') + 1);
 }
 
+// How often an err eventfd was signalled, for a note: "never", "once", "3 times".
+std::string times(uint64_t n) { return n == 0 ? "never" : n == 1 ? "once" : fmt::format("{} times", n); }
+
 bool send_raw(Frontend& fe, const void* p, size_t n) {
   fe.log().record_text(Dir::ToBackend, fmt::format("({} raw bytes)", n));
   return ::send(fe.fd(), p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
@@ -564,7 +567,7 @@ void ring_mutation(Ctx& ctx, const RingMutation& mu) {
     check(!acted.valid(), "the malformed tx chain not acted on",
           fmt::format("the back-end connected to {}_{} for the REQUEST it carried", ctx.host().uds(), kListenPort));
   }
-  ctx.note(fmt::format("reaction: err eventfd signalled {} times, used idx {} -> {}", rq.take_errs(), used,
+  ctx.note(fmt::format("reaction: err eventfd signalled {}, used idx {} -> {}", times(rq.take_errs()), used,
                        rq.used_idx()));
   expect_survived(ctx, mu.summary);
   expect_fresh_connection_works(ctx, std::string("after ") + mu.summary);
@@ -603,7 +606,7 @@ CONFORM_CASE(ring_error_reported,
       "the back-end went on past the malformed tx chain (the REQUEST behind it reached the host{}): no error state, "
       "nothing to report";
   if (accept_timeout(behind_target.get(), ctx.cfg().quiet_window_ms).valid())
-    skip(fmt::format(fmt::runtime(went_on), fmt::format("; err eventfd signalled {} times", tq.take_errs())));
+    skip(fmt::format(fmt::runtime(went_on), fmt::format("; err eventfd signalled {}", times(tq.take_errs()))));
   if (expect_survived(ctx, "a malformed tx chain")) {
     ctx.note("the back-end closed the connection: the front-end sees that");
     return;
@@ -617,7 +620,7 @@ CONFORM_CASE(ring_error_reported,
     status = fmt::format("{:#x}", s);
   }
   ctx.note(
-      fmt::format("tx stopped at the malformed chain; err eventfd signalled {} times, GET_STATUS {}", errs, status));
+      fmt::format("tx stopped at the malformed chain; err eventfd signalled {}, GET_STATUS {}", times(errs), status));
   if (errs > 0 || needs_reset) return;
   // Only a back-end about to fail waits this long: a slow one is not one that stopped.
   const int wait_ms = std::min(ctx.remaining_ms(), 2000);
