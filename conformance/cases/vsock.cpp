@@ -780,7 +780,9 @@ CONFORM_CASE(stream_within_linux_packet_limit,
     return mine;
   });
   ctx.note(fmt::format("the host wrote {} of the {} pieces one at a time{}", one_by_one, kWrites,
-                       paced ? "" : ", the rest at once after the back-end left one in its socket for 250 ms"));
+                       paced ? ""
+                             : fmt::format(", the rest at once after the back-end left one in its socket for {} ms",
+                                           kPace.count())));
 }
 
 // A read of 0 bytes from a SOCK_SEQPACKET socket is a message of no bytes or
