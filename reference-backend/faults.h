@@ -81,6 +81,7 @@
   X(no_rst_unknown_type, "silently drops packets whose type is unknown")                              \
   X(ignore_guest_shutdown, "ignores the guest's SHUTDOWN (the host never sees end of stream)")        \
   X(no_shutdown_to_guest, "never tells the guest that the host stopped sending")                      \
+  X(half_close_is_close, "a host shutdown(SHUT_WR) reaches the guest as SHUTDOWN with RECEIVE too, as a close") \
   X(seqpacket_empty_is_end, "takes a host SEQPACKET message of no bytes for the host's end (SHUTDOWN to the guest)") \
   X(seqpacket_no_eom, "host-to-guest SEQPACKET messages lose their EOM/EOR flags")                    \
   X(route_outside_groups, "treats a packet for a CID outside the guest's groups as one for the host") \

@@ -607,8 +607,9 @@ TEST(Integration, NoCreditRequestWhenTheHostsBytesEndWithTheCredit) {
 // window: SHUTDOWN takes no credit, so the guest hears of the end without
 // having to return credit first (a guest application waiting for the end
 // before it reads would otherwise wait for ever). A half-close gives
-// SHUTDOWN(SEND), a close SHUTDOWN(SEND|RCV); a half-close while the device
-// is stopped is told once it runs again.
+// SHUTDOWN(SEND), a close SHUTDOWN(SEND|RCV), and a close after a half-close
+// SHUTDOWN(SEND|RCV) again; a half-close while the device is stopped is told
+// once it runs again.
 TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
   Harness h;
   auto l = listen_port(h.cfg.uds_path, 1234);
@@ -654,6 +655,15 @@ TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
     EXPECT_EQ(p->hdr.dst_port, gport);
     EXPECT_EQ(p->hdr.flags, close_both ? vhu::vsock::kShutdownSend | vhu::vsock::kShutdownRcv
                                        : vhu::vsock::kShutdownSend);
+    if (close_both) continue;
+    // The close after a half-close: the host reads no more either.
+    host.reset();
+    do {
+      p = g.recv_pkt();
+    } while (p && (p->hdr.op == op(Op::CREDIT_REQUEST) || p->hdr.op == op(Op::CREDIT_UPDATE)));
+    ASSERT_TRUE(p) << "nothing for the host's close after its half-close";
+    EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
+    EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend | vhu::vsock::kShutdownRcv);
   }
 }
 
@@ -898,6 +908,41 @@ TEST(Integration, SeqpacketEmptyMessageBeforeTheHostCloses) {
   p = g.recv_pkt();
   ASSERT_TRUE(p) << "nothing for the host's close";
   EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
+}
+
+// As on a stream: the host's SHUT_WR ends its sending only. SHUTDOWN(SEND);
+// RECEIVE too would make a Linux guest fail its next send with EPIPE (until
+// 2026-12-02 a SEQPACKET half-close went out as both, and the e2e guest's
+// shutdown() after it met ENOTCONN).
+TEST(Integration, SeqpacketHostHalfCloseLeavesTheGuestSending) {
+  Harness h;
+  Guest& g = *h.guest;
+  vhu::UniqueFd host;
+  ASSERT_NO_FATAL_FAILURE(open_seqpacket(h, 5004, 7004, host));
+  ASSERT_EQ(::send(host.get(), "bye", 3, 0), 3);
+  ASSERT_EQ(::shutdown(host.get(), SHUT_WR), 0);
+  auto p = g.recv_pkt();
+  ASSERT_TRUE(p) << "nothing for the host's last message";
+  EXPECT_EQ(p->hdr.op, op(Op::RW)) << vhu::vsock::describe(p->hdr);
+  p = g.recv_pkt();
+  ASSERT_TRUE(p) << "nothing for the host's half-close";
+  EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
+  EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend);
+  auto r = g.hdr(2, 5004, 7004, Op::RW, 5);
+  r.flags = vhu::vsock::kSeqEom;
+  g.send_pkt(r, {'r', 'e', 'p', 'l', 'y'});
+  pollfd pfd{host.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 2000), 1) << "the guest's message did not reach the host";
+  uint8_t buf[16];
+  EXPECT_EQ(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 5);
+  // Its close, now, ends both directions.
+  host.reset();
+  while ((p = g.recv_pkt()) && p->hdr.op == op(Op::CREDIT_UPDATE)) {
+  }
+  ASSERT_TRUE(p) << "nothing for the host's close";
+  EXPECT_TRUE(p->hdr.op == op(Op::RST) ||
+              (p->hdr.op == op(Op::SHUTDOWN) && (p->hdr.flags & vhu::vsock::kShutdownRcv)))
+      << vhu::vsock::describe(p->hdr);
 }
 
 // The guest's SHUT_WR reaches the host only after all it sent, an empty

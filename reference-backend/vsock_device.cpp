@@ -61,6 +61,14 @@ void pass_credentials(int fd) {
                "closes will read as its end", std::strerror(errno));
 }
 
+// The SHUTDOWN flags for the host program's end of stream. RECEIVE only once
+// it closed both directions (EPOLLHUP): after shutdown(SHUT_WR) alone it still
+// reads, and a Linux guest told RECEIVE fails its own sends with EPIPE.
+uint32_t host_end_flags(const Connection& conn) {
+  const bool both = conn.host_hup || VSOCKREF_FAULT(half_close_is_close);
+  return vs::kShutdownSend | (both ? vs::kShutdownRcv : 0);
+}
+
 // After a peek of 0 bytes at a SEQPACKET host socket: whether that is the
 // host program's end (closed, or shut down writing) rather than a message of
 // no bytes. A message comes with SCM_CREDENTIALS, the end with nothing.
@@ -837,8 +845,7 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     conn.host_readable = false;
     update_interest(conn);
     if (VSOCKREF_FAULT(no_shutdown_to_guest)) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
-    const uint32_t f = vs::kShutdownSend | (conn.host_hup ? vs::kShutdownRcv : 0);
-    return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, f));
+    return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, host_end_flags(conn)));
   }
   if (errno == EAGAIN || errno == EINTR) {
     conn.host_readable = false;
@@ -938,7 +945,7 @@ void VsockDevice::end_of_stream_check(Connection& conn) {
   if (r == 0) {
     conn.host_eof = true;
     if (!VSOCKREF_FAULT(no_shutdown_to_guest))
-      conn.want_shutdown |= vs::kShutdownSend | (conn.host_hup ? vs::kShutdownRcv : 0);
+      conn.want_shutdown |= host_end_flags(conn);
     schedule(conn);
     io_.request_processing();
   }
@@ -993,7 +1000,8 @@ uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint
         destroy(conn);
         return write_packet(c, h);
       }
-      return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, vs::kShutdownSend | vs::kShutdownRcv));
+      if (VSOCKREF_FAULT(no_shutdown_to_guest)) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+      return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, host_end_flags(conn)));
     }
     if (len < 0) {
       conn.host_readable = false;
@@ -1142,7 +1150,12 @@ void VsockDevice::on_host_event(uint64_t id, uint32_t events) {
     if (conn.state == ConnState::Connecting) {
       abort_conn(conn, "the host program went away before the guest answered");
     } else {
-      if (!conn.host_eof) conn.host_readable = true;
+      if (!conn.host_eof) {
+        conn.host_readable = true;
+      } else if (!VSOCKREF_FAULT(no_shutdown_to_guest)) {
+        // Its end of stream was told (SEND); now it will read no more either.
+        conn.want_shutdown |= vs::kShutdownSend | vs::kShutdownRcv;
+      }
       note_stalled(conn);
       flush_out(conn);
     }

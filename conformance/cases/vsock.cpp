@@ -591,8 +591,8 @@ CONFORM_CASE(shutdown_guest_to_host,
 CONFORM_CASE(shutdown_host_to_guest,
              .id = "vsock.shutdown_host_to_guest",
              .requirements = {"VSOCK-SHUTDOWN"},
-             .summary = "the host's shutdown(SHUT_WR) reaches the guest as SHUTDOWN with the SEND bit after the "
-                        "data; the other direction stays open",
+             .summary = "the host's shutdown(SHUT_WR) reaches the guest as SHUTDOWN with the SEND bit, not "
+                        "RECEIVE, after the data; the other direction stays open",
              .device = "vsock") {
   HostOpened st(ctx, 9200);
   auto& g = st.g;
@@ -608,6 +608,8 @@ CONFORM_CASE(shutdown_host_to_guest,
   g.write(c, "reply;");
   std::string got = read_n(host.get(), 6, std::min(ctx.remaining_ms(), 1000));
   check(got == "reply;", "the host to read the guest's data after its own half-close", fmt::format("\"{}\"", got));
+  check(!(c.shutdown_flags & vs::kShutdownRcv), "no VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE: the host still reads",
+        fmt::format("SHUTDOWN with RECEIVE (flags {:#x})", c.shutdown_flags));
 }
 
 // ---- SEQPACKET ----
@@ -840,6 +842,32 @@ CONFORM_CASE(seqpacket_empty_message,
   }
   check(message && end, "an RW of length 0 with EOM, then SHUTDOWN or RST for the host's close",
         seen.empty() ? "nothing" : seen);
+}
+
+// A SEQPACKET half-close is a half-close too: the host reads on, and a Linux
+// guest told RECEIVE would fail its next send with EPIPE.
+CONFORM_CASE(seqpacket_shutdown_host_to_guest,
+             .id = "vsock.seqpacket_shutdown_host_to_guest",
+             .requirements = {"VSOCK-SHUTDOWN", "VSOCK-SEQPACKET-EOM"},
+             .summary = "the host's shutdown(SHUT_WR) of a SEQPACKET connection reaches the guest as SHUTDOWN with "
+                        "SEND, not RECEIVE, after its last message; the guest's next message still reaches the host",
+             .device = "vsock",
+             .features = {vhu::feature::VSOCK_F_SEQPACKET}) {
+  SeqpacketOpened s(ctx, 9811, 9810);
+  auto& g = s.g;
+  auto& c = s.c;
+  check(::send(s.host.get(), "bye;", 4, 0) == 4 && ::shutdown(s.host.get(), SHUT_WR) == 0,
+        "the host to send a last message and shut down writing", std::strerror(errno));
+  g.wait_until([&] { return (c.shutdown_flags & vs::kShutdownSend) || c.reset; }, std::min(ctx.remaining_ms(), 1000));
+  check(!c.reset && (c.shutdown_flags & vs::kShutdownSend),
+        "SHUTDOWN with VIRTIO_VSOCK_SHUTDOWN_F_SEND after the host's shutdown(SHUT_WR)",
+        c.reset ? "RST" : "nothing within 1 s");
+  check(c.received == "bye;", "the host's last message, first", fmt::format("\"{}\"", c.received));
+  check(!(c.shutdown_flags & vs::kShutdownRcv), "no VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE: the host still reads",
+        fmt::format("SHUTDOWN with RECEIVE (flags {:#x})", c.shutdown_flags));
+  g.write_message(c, "reply;");
+  const std::string got = recv_message(s.host.get(), std::min(ctx.remaining_ms(), 1000));
+  check(got == "reply;", "the guest's message at the host after the host's half-close", fmt::format("\"{}\"", got));
 }
 
 // ---- addressing ----

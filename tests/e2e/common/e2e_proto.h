@@ -20,7 +20,9 @@
 //   seqtrickle the same over SOCK_SEQPACKET to kPortSeqTrickle, kTrickleWrites messages of
 //        kTrickleWrite bytes: Linux does not merge a packet that ends a message (EOM), so
 //        there the packet limit still holds, and a back-end that meters bytes only loses
-//        the connection (the guest's read fails) with any kernel that has the limit
+//        the connection (the guest's read fails) with any kernel that has the limit; after
+//        its verdict the host half-closes, and the guest, once it reads that end, sends
+//        kSeqAfterEnd: a Linux guest told RECEIVE with the host's end fails that send
 //   reset guest opens a connection to kPortReset ("before reset" -> "ack"), resets its
 //        vsock driver (sysfs unbind + bind: a virtio device reset), then connects again
 //        ("after reset" -> "ack"); the host must see the first connection end (EOF)
@@ -76,6 +78,7 @@ inline constexpr size_t kSeqMax = 65536;
 inline constexpr size_t kTrickleWrite = 300;
 inline constexpr int kTrickleWrites = 600;
 inline constexpr int kTrickleWaitS = 2;
+inline constexpr char kSeqAfterEnd[] = "after your end\n";
 inline uint8_t trickle_byte(size_t i) { return static_cast<uint8_t>((i * 131) ^ (i >> 9)); }
 
 // Byte j of SEQPACKET message i in direction dir (0 = guest to host, 1 = back).

@@ -249,7 +249,9 @@ bool step_trickle(const Options& o) {
 
 // Reads the host's small messages only after they have queued up: each is a
 // packet that ends a message, which Linux never merges, so a back-end that
-// sends more than the guest may queue loses the connection here.
+// sends more than the guest may queue loses the connection here. Then the
+// host half-closes; its end must leave the guest free to send (no RECEIVE
+// in the SHUTDOWN, which would make this send fail with EPIPE).
 bool step_seqtrickle(const Options& o) {
   const double t0 = e2e::now_s();
   Err err;
@@ -274,6 +276,15 @@ bool step_seqtrickle(const Options& o) {
   const std::string v = e2e::verdict_line(e);
   Err sent = ::send(fd, v.data(), v.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(v.size()) ? Err{}
                                                                                             : e2e::errno_text("send");
+  if (sent.empty()) {
+    const ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
+    if (r != 0) sent = r < 0 ? e2e::errno_text("recv waiting for the host's end") : "a message after the last";
+  }
+  if (sent.empty()) {
+    const size_t n = sizeof e2e::kSeqAfterEnd - 1;
+    if (::send(fd, e2e::kSeqAfterEnd, n, MSG_NOSIGNAL) != static_cast<ssize_t>(n))
+      sent = e2e::errno_text("send after the host's half-close");
+  }
   if (sent.empty()) sent = e2e::finish(fd, o.timeout);
   ::close(fd);
   if (!e.empty()) {

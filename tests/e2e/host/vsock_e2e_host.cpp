@@ -276,6 +276,16 @@ bool step_seqtrickle(const Options& o, int lfd, double deadline) {
     else if (std::string(v, static_cast<size_t>(r)) != "OK\n")
       e = "the guest says '" + std::string(v, static_cast<size_t>(r) - (v[r - 1] == '\n')) + "'";
   }
+  if (e.empty()) {
+    // Our half-close, then the guest's message sent after it saw our end.
+    ::shutdown(fd, SHUT_WR);
+    char m[64];
+    const ssize_t r = ::recv(fd, m, sizeof m, 0);
+    if (r < 0) e = "after our half-close: " + e2e::errno_text("recv");
+    else if (r == 0) e = "after our half-close: EOF, not the guest's message (could it not send?)";
+    else if (std::string(m, static_cast<size_t>(r)) != e2e::kSeqAfterEnd)
+      e = "after our half-close: '" + std::string(m, static_cast<size_t>(r)) + "'";
+  }
   if (e.empty()) e = e2e::finish(fd, 10);
   ::close(fd);
   if (!e.empty()) {
