@@ -22,6 +22,7 @@
 // 14 RST answered with RST                          -> vsock.no_rst_for_rst
 // 15 credit and op order: CREDIT_REQUEST answered, -> vsock.credit_request_answered,
 //    half-close, long transfers, small buf_alloc      vsock.shutdown_guest_to_host, vsock.shutdown_host_to_guest,
+//                                                      vsock.seqpacket_shutdown_host_to_guest,
 //                                                      vsock.credit_update_unasked, vsock.credit_respected;
 //    nothing before the guest's RESPONSE            -> interop.nothing_before_response
 // 16 fds lost in a pipelined burst                  -> interop.pipelined_burst
