@@ -618,6 +618,14 @@ TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
   g.post_rx(64);
   g.start();
   const auto data = random_bytes(g.buf_alloc, 5);
+  // The next packet that is not about credit (a CREDIT_REQUEST goes unanswered).
+  auto next_not_credit = [&g] {
+    std::optional<Packet> p;
+    do {
+      p = g.recv_pkt();
+    } while (p && (p->hdr.op == op(Op::CREDIT_REQUEST) || p->hdr.op == op(Op::CREDIT_UPDATE)));
+    return p;
+  };
   enum End { kHalfClose, kClose, kHalfCloseWhileStopped };
   for (const End end : {kHalfClose, kClose, kHalfCloseWhileStopped}) {
     const bool close_both = end == kClose;
@@ -646,10 +654,7 @@ TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
     } else {
       ::shutdown(host.get(), SHUT_WR);
     }
-    std::optional<Packet> p;
-    do {
-      p = g.recv_pkt();  // CREDIT_REQUEST goes unanswered
-    } while (p && (p->hdr.op == op(Op::CREDIT_REQUEST) || p->hdr.op == op(Op::CREDIT_UPDATE)));
+    std::optional<Packet> p = next_not_credit();
     ASSERT_TRUE(p) << "no SHUTDOWN while the guest had no credit to give";
     EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
     EXPECT_EQ(p->hdr.dst_port, gport);
@@ -658,9 +663,7 @@ TEST(Integration, HostEndOfStreamReachesAGuestWithNoCreditLeft) {
     if (close_both) continue;
     // The close after a half-close: the host reads no more either.
     host.reset();
-    do {
-      p = g.recv_pkt();
-    } while (p && (p->hdr.op == op(Op::CREDIT_REQUEST) || p->hdr.op == op(Op::CREDIT_UPDATE)));
+    p = next_not_credit();
     ASSERT_TRUE(p) << "nothing for the host's close after its half-close";
     EXPECT_EQ(p->hdr.op, op(Op::SHUTDOWN)) << vhu::vsock::describe(p->hdr);
     EXPECT_EQ(p->hdr.flags, vhu::vsock::kShutdownSend | vhu::vsock::kShutdownRcv);

@@ -844,8 +844,7 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
     conn.host_eof = true;
     conn.host_readable = false;
     update_interest(conn);
-    if (VSOCKREF_FAULT(no_shutdown_to_guest)) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
-    return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, host_end_flags(conn)));
+    return write_host_end(conn, c);
   }
   if (errno == EAGAIN || errno == EINTR) {
     conn.host_readable = false;
@@ -856,6 +855,12 @@ uint32_t VsockDevice::fill_data(Connection& conn, const vhu::Chain& c) {
   const Hdr h = reply_hdr(conn, Op::RST);
   destroy(conn);
   return write_packet(c, h);
+}
+
+uint32_t VsockDevice::write_host_end(Connection& conn, const vhu::Chain& c) {
+  // The fault still fills the buffer it took, with a packet that says nothing.
+  if (VSOCKREF_FAULT(no_shutdown_to_guest)) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
+  return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, host_end_flags(conn)));
 }
 
 uint32_t VsockDevice::fill_from_ahead(Connection& conn, const vhu::Chain& c, uint64_t room) {
@@ -1000,8 +1005,7 @@ uint32_t VsockDevice::fill_seqpacket(Connection& conn, const vhu::Chain& c, uint
         destroy(conn);
         return write_packet(c, h);
       }
-      if (VSOCKREF_FAULT(no_shutdown_to_guest)) return write_packet(c, reply_hdr(conn, Op::CREDIT_UPDATE));
-      return write_packet(c, reply_hdr(conn, Op::SHUTDOWN, host_end_flags(conn)));
+      return write_host_end(conn, c);
     }
     if (len < 0) {
       conn.host_readable = false;

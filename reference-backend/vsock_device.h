@@ -141,6 +141,8 @@ class VsockDevice {
   std::optional<vhu::Chain> pop_rx();  // the next rx buffer (io_.pop, but for a fault)
   uint32_t fill_seqpacket(Connection& conn, const vhu::Chain& c, uint64_t room);
   uint32_t fill_from_ahead(Connection& conn, const vhu::Chain& c, uint64_t room);
+  // The packet that tells the guest the host program's stream ended.
+  uint32_t write_host_end(Connection& conn, const vhu::Chain& c);
   // The flow may have run out of guest credit with host data still to come:
   // have read_ahead() look at it.
   void note_stalled(Connection& conn);

@@ -562,6 +562,23 @@ CONFORM_CASE(rst_unknown_type,
 
 // ---- SHUTDOWN ----
 
+// The host's shutdown(SHUT_WR) as the guest must see it, stream or SEQPACKET:
+// SHUTDOWN with SEND, no RST, after `first` (what the host sent before it).
+void expect_host_half_close_told(Ctx& ctx, VsockGuest& g, const GuestConn& c, const std::string& first) {
+  bool ok = g.wait_until([&] { return (c.shutdown_flags & vs::kShutdownSend) || c.reset; },
+                         std::min(ctx.remaining_ms(), 1000));
+  check(ok && !c.reset, "SHUTDOWN with VIRTIO_VSOCK_SHUTDOWN_F_SEND after the host's shutdown(SHUT_WR)",
+        c.reset ? "RST" : "nothing within 1 s");
+  check(c.received == first, "the data sent before the half-close, first", fmt::format("\"{}\"", c.received));
+}
+
+// Checked last, once the guest has sent after the half-close: the bits add
+// up, and RECEIVE at any point would have told the guest not to.
+void expect_host_still_reads(const GuestConn& c) {
+  check(!(c.shutdown_flags & vs::kShutdownRcv), "no VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE: the host still reads",
+        fmt::format("SHUTDOWN with RECEIVE (flags {:#x})", c.shutdown_flags));
+}
+
 CONFORM_CASE(shutdown_guest_to_host,
              .id = "vsock.shutdown_guest_to_host",
              .requirements = {"VSOCK-SHUTDOWN"},
@@ -600,16 +617,11 @@ CONFORM_CASE(shutdown_host_to_guest,
   auto& host = st.host;
   check(write_all(host.get(), "bye;"), "the host socket to take data", "write failed");
   ::shutdown(host.get(), SHUT_WR);
-  bool ok = g.wait_until([&] { return (c.shutdown_flags & vs::kShutdownSend) || c.reset; },
-                         std::min(ctx.remaining_ms(), 1000));
-  check(ok && !c.reset, "SHUTDOWN with VIRTIO_VSOCK_SHUTDOWN_F_SEND after the host's shutdown(SHUT_WR)",
-        c.reset ? "RST" : "nothing within 1 s");
-  check(c.received == "bye;", "the data sent before the half-close, first", fmt::format("\"{}\"", c.received));
+  expect_host_half_close_told(ctx, g, c, "bye;");
   g.write(c, "reply;");
   std::string got = read_n(host.get(), 6, std::min(ctx.remaining_ms(), 1000));
   check(got == "reply;", "the host to read the guest's data after its own half-close", fmt::format("\"{}\"", got));
-  check(!(c.shutdown_flags & vs::kShutdownRcv), "no VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE: the host still reads",
-        fmt::format("SHUTDOWN with RECEIVE (flags {:#x})", c.shutdown_flags));
+  expect_host_still_reads(c);
 }
 
 // ---- SEQPACKET ----
@@ -858,16 +870,11 @@ CONFORM_CASE(seqpacket_shutdown_host_to_guest,
   auto& c = s.c;
   check(::send(s.host.get(), "bye;", 4, 0) == 4 && ::shutdown(s.host.get(), SHUT_WR) == 0,
         "the host to send a last message and shut down writing", std::strerror(errno));
-  g.wait_until([&] { return (c.shutdown_flags & vs::kShutdownSend) || c.reset; }, std::min(ctx.remaining_ms(), 1000));
-  check(!c.reset && (c.shutdown_flags & vs::kShutdownSend),
-        "SHUTDOWN with VIRTIO_VSOCK_SHUTDOWN_F_SEND after the host's shutdown(SHUT_WR)",
-        c.reset ? "RST" : "nothing within 1 s");
-  check(c.received == "bye;", "the host's last message, first", fmt::format("\"{}\"", c.received));
-  check(!(c.shutdown_flags & vs::kShutdownRcv), "no VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE: the host still reads",
-        fmt::format("SHUTDOWN with RECEIVE (flags {:#x})", c.shutdown_flags));
+  expect_host_half_close_told(ctx, g, c, "bye;");
   g.write_message(c, "reply;");
   const std::string got = recv_message(s.host.get(), std::min(ctx.remaining_ms(), 1000));
   check(got == "reply;", "the guest's message at the host after the host's half-close", fmt::format("\"{}\"", got));
+  expect_host_still_reads(c);
 }
 
 // ---- addressing ----
