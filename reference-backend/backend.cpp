@@ -17,6 +17,16 @@ namespace vsockref {
 using vhu::bit;
 using vhu::has_bit;
 
+namespace {
+
+// Faults only: a stopped ring that neither the err eventfd nor
+// DEVICE_NEEDS_RESET tells of.
+bool ring_errors_silent() {
+  return VSOCKREF_FAULT(silent_ring_error) || VSOCKREF_FAULT(silent_stop_on_loop);
+}
+
+}  // namespace
+
 Backend::Backend(EventLoop& loop, ReplySink& sink, BackendOptions opts, Router* router)
     : loop_(loop), sink_(sink), opts_(std::move(opts)), device_(loop, *this, opts_.vsock, router) {}
 
@@ -43,7 +53,7 @@ uint64_t Backend::offered_protocol_features() {
 // do not offer, so then only the err eventfd tells. QEMU never sets DRIVER_OK
 // here: SET_STATUS only ever carries FEATURES_OK in the traces.
 uint8_t Backend::reported_status() const {
-  if (VSOCKREF_FAULT(silent_ring_error) || (status_ & vhu::status::DRIVER_OK)) return status_;
+  if (ring_errors_silent() || (status_ & vhu::status::DRIVER_OK)) return status_;
   for (const Vring& r : rings_)
     if (r.broken) return static_cast<uint8_t>(status_ | vhu::status::DEVICE_NEEDS_RESET);
   return status_;
@@ -199,22 +209,27 @@ std::optional<vhu::Chain> Backend::pop(unsigned q) {
   auto c = r.queue.pop();
   if (c.ok()) return std::move(*c);
   if (VSOCKREF_FAULT(crash_on_bad_descriptor)) std::abort();
-  if (VSOCKREF_FAULT(step_over_bad_chain)) {
-    // At most the ring's pending entries, each stepped over once.
-    while (!c.ok()) {
-      auto s = r.queue.skip();
-      if (!s.ok() || !s->has_value()) break;
-      VLOG(Warn, "{}: ring {}: {}; returned unused", opts_.vsock.name, q, c.message());
-      push(q, **s, 0);
-      c = r.queue.pop();
-    }
-    if (c.ok()) return std::move(*c);
+  // The second fault is a back-end whose chain walker tells loops apart from
+  // other malformed chains (as a TTL-bounded iterator does) and handles them
+  // differently.
+  const auto steps_over = [](const vhu::Error& e) {
+    return VSOCKREF_FAULT(step_over_bad_chain) ||
+           (VSOCKREF_FAULT(silent_stop_on_loop) && e.message.find("loops") == std::string::npos);
+  };
+  // At most the ring's pending entries, each stepped over once.
+  while (!c.ok() && steps_over(c.error())) {
+    auto s = r.queue.skip();
+    if (!s.ok() || !s->has_value()) break;
+    VLOG(Warn, "{}: ring {}: {}; returned unused", opts_.vsock.name, q, c.message());
+    push(q, **s, 0);
+    c = r.queue.pop();
   }
+  if (c.ok()) return std::move(*c);
   // A guest bug must not take the whole VM's device down with a crash, nor
   // spin on the same bad entry: the ring stops until it is set up again.
   VLOG(Error, "{}: ring {}: {}; ring stopped until the front-end sets it up again", opts_.vsock.name, q, c.message());
   r.broken = true;
-  if (!VSOCKREF_FAULT(silent_ring_error)) signal(r.err);
+  if (!ring_errors_silent()) signal(r.err);
   return std::nullopt;
 }
 

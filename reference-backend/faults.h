@@ -36,6 +36,8 @@
   X(step_over_bad_chain, "allowed, not a departure: returns a malformed chain unused (0 bytes) and goes on, where " \
                          "the reference back-end stops the ring; no case may fail")                  \
   X(silent_ring_error, "a malformed chain stops its ring with nothing reported: no err eventfd, no DEVICE_NEEDS_RESET") \
+  X(silent_stop_on_loop, "steps over a malformed chain unless it loops; a looping chain stops its ring with " \
+                         "nothing reported")                                                        \
   X(leak_extra_fds, "keeps (leaks) surplus fds attached to messages")                                 \
   X(mem_table_confuse_gpa_uva, "translates SET_VRING_ADDR ring addresses as guest-physical")             \
   X(drop_protocol_features_bit, "GET_FEATURES leaves out VHOST_USER_F_PROTOCOL_FEATURES (bit 30)")    \

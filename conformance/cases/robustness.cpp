@@ -14,11 +14,13 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>
 #include <functional>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include "robustness_util.h"
@@ -509,13 +511,16 @@ const RingMutation kRing[] = {
 
 // Lays `mu` in the descriptors the guest driver leaves unused on `mu`'s ring
 // of `g` and makes it available, without a kick. A tx chain carries a valid
-// REQUEST from kGuestPort to kListenPort.
-GuestQueue& lay_malformed(Ctx& ctx, VsockGuest& g, const RingMutation& mu) {
+// REQUEST from kGuestPort to kListenPort. Each `slot` takes its own two
+// descriptors from the top of the table (the driver hands out the lowest
+// free ones), so a chain laid after one the device stepped over without
+// returning it does not reuse descriptors the device may still hold.
+GuestQueue& lay_malformed(Ctx& ctx, VsockGuest& g, const RingMutation& mu, unsigned slot = 0) {
   GuestQueue& rq = mu.side == Side::Tx ? g.tx() : g.rx();
   Build b{ctx, rq};
   b.buf = ctx.ram().alloc(4096, 64, mu.side == Side::Tx ? 0 : 1);
-  b.d0 = static_cast<uint16_t>(rq.size() - 1);
-  b.d1 = static_cast<uint16_t>(rq.size() - 2);
+  b.d0 = static_cast<uint16_t>(rq.size() - 1 - 2 * slot);
+  b.d1 = static_cast<uint16_t>(rq.size() - 2 - 2 * slot);
   if (mu.side == Side::Tx) {
     auto h = g.hdr(vs::Op::REQUEST, kGuestPort, kListenPort);
     vs::encode(h, std::span<uint8_t, vs::kHdrSize>(ctx.ram().host(b.buf, kHdr), vs::kHdrSize));
@@ -579,39 +584,64 @@ void ring_body(Ctx& ctx) { ring_mutation(ctx, ring_entry(tail(ctx))); }
 // ring cases above accept both). Once it stops, every later packet of the
 // guest waits forever, so it has to tell someone: QEMU watches the err
 // eventfd ("vhost vring error in virtqueue"), a front-end that asks GET_STATUS
-// sees DEVICE_NEEDS_RESET. A back-end that steps over the chain is in no error
-// state, and the case has nothing to judge.
+// sees DEVICE_NEEDS_RESET. A back-end that steps over a chain is in no error
+// state there, but it may stop at a chain of another kind (a walker that
+// bounds loops by a step count fails differently from one that checks each
+// next index), so the case lays the kinds below one after another, each with
+// a valid REQUEST behind it, until one stops the ring.
+constexpr std::string_view kStopCandidates[] = {"next_out_of_range", "desc_outside_memory", "len_wraps",
+                                                "desc_loop",         "chain_longer_than_queue", "nested_indirect"};
+
 CONFORM_CASE(ring_error_reported,
              .id = "robustness.ring_error_reported",
              .requirements = {"VIRTIO-NEEDS-RESET", "VU-VRING-ERR"},
              .summary = "a tx ring that a malformed chain stopped is reported: its err eventfd signalled or "
-                        "DEVICE_NEEDS_RESET in GET_STATUS",
+                        "DEVICE_NEEDS_RESET in GET_STATUS (malformed chains of six kinds laid in turn until one "
+                        "stops the ring)",
              .device = "vsock") {
   constexpr uint32_t kBehindPort = kListenPort + 1;
   auto bad_target = ctx.host().listen(kListenPort);
   auto behind_target = ctx.host().listen(kBehindPort);
   QemuFrontend q = started(ctx);
   auto& g = q.guest();
-  tx_consume(ctx, g, 1, "before the malformed chain");
-  GuestQueue& tq = lay_malformed(ctx, g, ring_entry("next_out_of_range"));
-  tq.take_errs();
-  // The chain and a valid REQUEST behind it, in one kick. The kick is
-  // unconditional, as in ring_mutation: lay_malformed() published the chain
-  // without one, so with EVENT_IDX send() would think the device had been
-  // told of it already and keep quiet, leaving the chain to whatever next
-  // wakes the back-end (a later front-end message, too late for the window).
-  g.send(g.hdr(vs::Op::REQUEST, kGuestPort + 1, kBehindPort), {}, /*kick=*/false);
-  tq.kick();
-  const std::string went_on =
-      "the back-end went on past the malformed tx chain (the REQUEST behind it reached the host{}): no error state, "
-      "nothing to report";
-  if (accept_timeout(behind_target.get(), ctx.cfg().quiet_window_ms).valid())
-    skip(fmt::format(fmt::runtime(went_on), fmt::format("; err eventfd signalled {}", times(tq.take_errs()))));
-  if (expect_survived(ctx, "a malformed tx chain")) {
-    ctx.note("the back-end closed the connection: the front-end sees that");
+  const bool indirect = vhu::has_bit(q.acked_features(), vhu::feature::RING_INDIRECT_DESC);
+  tx_consume(ctx, g, 1, "before the malformed chains");
+  std::vector<std::string> stepped_over;
+  const RingMutation* stopped_at = nullptr;
+  GuestQueue* tq = nullptr;
+  unsigned slot = 0;
+  for (std::string_view name : kStopCandidates) {
+    const RingMutation& mu = ring_entry(name);
+    if (mu.indirect == Indirect::Needed && !indirect) continue;
+    tq = &lay_malformed(ctx, g, mu, slot);
+    tq->take_errs();
+    // The chain and a valid REQUEST behind it, in one kick. The kick is
+    // unconditional, as in ring_mutation: lay_malformed() published the chain
+    // without one, so with EVENT_IDX send() would think the device had been
+    // told of it already and keep quiet, leaving the chain to whatever next
+    // wakes the back-end (a later front-end message, too late for the window).
+    g.send(g.hdr(vs::Op::REQUEST, kGuestPort + 1 + slot, kBehindPort), {}, /*kick=*/false);
+    tq->kick();
+    ++slot;
+    if (!accept_timeout(behind_target.get(), ctx.cfg().quiet_window_ms).valid()) {
+      stopped_at = &mu;
+      break;
+    }
+    const uint64_t errs = tq->take_errs();
+    stepped_over.push_back(errs == 0 ? std::string(mu.name)
+                                     : fmt::format("{} (err eventfd signalled {})", mu.name, times(errs)));
+  }
+  const std::string over =
+      stepped_over.empty() ? "" : fmt::format(" after stepping over {}", fmt::join(stepped_over, ", "));
+  if (stopped_at == nullptr)
+    skip(fmt::format("the back-end went on past every malformed tx chain (the REQUEST behind each reached the "
+                     "host): {}; no error state, nothing to report",
+                     fmt::join(stepped_over, ", ")));
+  if (expect_survived(ctx, std::string("a malformed tx chain: ") + stopped_at->summary)) {
+    ctx.note(fmt::format("the back-end closed the connection at {}{}: the front-end sees that", stopped_at->name, over));
     return;
   }
-  const uint64_t errs = tq.take_errs();
+  const uint64_t errs = tq->take_errs();
   std::string status = "not negotiated";
   bool needs_reset = false;
   if (ctx.fe().protocol_negotiated(vhu::protocol_feature::STATUS)) {
@@ -619,17 +649,21 @@ CONFORM_CASE(ring_error_reported,
     needs_reset = (s & vhu::status::DEVICE_NEEDS_RESET) != 0;
     status = fmt::format("{:#x}", s);
   }
-  ctx.note(
-      fmt::format("tx stopped at the malformed chain; err eventfd signalled {}, GET_STATUS {}", times(errs), status));
+  ctx.note(fmt::format("tx stopped at {}{}; err eventfd signalled {}, GET_STATUS {}", stopped_at->name, over,
+                       times(errs), status));
   if (errs > 0 || needs_reset) return;
   // Only a back-end about to fail waits this long: a slow one is not one that stopped.
   const int wait_ms = std::min(ctx.remaining_ms(), 2000);
-  if (accept_timeout(behind_target.get(), wait_ms).valid()) skip(fmt::format(fmt::runtime(went_on), ", late"));
+  if (accept_timeout(behind_target.get(), wait_ms).valid())
+    skip(fmt::format("the back-end went on past the malformed tx chain {}, late (the REQUEST behind it reached the "
+                     "host after {} ms{}): no error state, nothing to report",
+                     stopped_at->name, ctx.cfg().quiet_window_ms, over));
   fail("tx stopped by a malformed chain and reported: ring 1's err eventfd signalled, or DEVICE_NEEDS_RESET (0x40) "
        "in GET_STATUS",
-       fmt::format("neither (err eventfd never signalled, GET_STATUS {}), and the REQUEST behind the chain was not "
-                   "processed in {} ms: the guest's later packets wait with nothing to say why",
-                   status, ctx.cfg().quiet_window_ms + wait_ms));
+       fmt::format("tx stopped at {} ({}){}, and neither came (err eventfd never signalled, GET_STATUS {}); the "
+                   "REQUEST behind the chain was not processed in {} ms: the guest's later packets wait with "
+                   "nothing to say why",
+                   stopped_at->name, stopped_at->summary, over, status, ctx.cfg().quiet_window_ms + wait_ms));
 }
 
 CONFORM_CASE(vsock_len_exceeds_buffer,
