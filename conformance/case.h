@@ -23,6 +23,7 @@
 namespace conform {
 
 class Ctx;
+class Requirements;
 
 struct CaseInfo {
   // Every member has an initializer so cases may name only what they need.
@@ -70,6 +71,7 @@ struct RunConfig {
   int quiet_window_ms = 150;     // how long a watcher watches to prove a negative
   int listen_fd = -1;            // --listen
   std::string record_corpus_dir; // --record-corpus: "" = off
+  const Requirements* requirements = nullptr;  // quoted in failure reports when set
 };
 
 // Everything a case body works with. Created fresh for each case.

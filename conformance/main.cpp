@@ -148,6 +148,7 @@ int real_main(int argc, char** argv) {
   cfg.spec = spec == "newest" ? vhu::SpecText::Newest : vhu::SpecText::Upstream;
   cfg.quiet_window_ms = quiet_ms;
   cfg.record_corpus_dir = record_corpus;
+  cfg.requirements = &reqs;
   if (timeout_ms > 0) {
     cfg.default_timeout_ms = timeout_ms;
     cfg.timeout_forced = true;

@@ -46,6 +46,7 @@ Requirements Requirements::load(const std::string& path) {
     }
     if (q.quotes.empty()) throw std::runtime_error(fmt::format("{}: {}: no <quote>", path, q.id));
     q.not_checked = n.child("not-checked").text().as_string();
+    q.note = n.child("note").text().as_string();
     if (r.index_.count(q.id)) throw std::runtime_error(fmt::format("{}: duplicate id {}", path, q.id));
     r.index_[q.id] = r.list_.size();
     r.list_.push_back(std::move(q));
@@ -145,6 +146,28 @@ std::vector<std::string> check_traceability(const Requirements& reqs, const std:
     }
   }
   return bad;
+}
+
+std::string requirements_report(const Requirements& reqs, const std::vector<std::string>& ids, vhu::SpecText text) {
+  const std::string judged = text == vhu::SpecText::Newest ? "newest" : "upstream";
+  std::string out;
+  for (const auto& id : ids) {
+    const Requirement* r = reqs.find(id);
+    if (r == nullptr) {
+      out += fmt::format("  {}: not in {}\n", id, reqs.path());
+      continue;
+    }
+    const bool spec_text = r->text == "both" || r->text == "upstream" || r->text == "newest";
+    out += fmt::format("  {} ({}; {}{}, {})\n", r->id, r->level, r->source,
+                       spec_text ? (r->text == "both" ? "" : ", " + r->text + " text only") : ": " + r->text, r->section);
+    for (const auto& q : r->quotes) {
+      // A sentence of the other vhost-user text is not what this run judged by.
+      if ((q.text == "upstream" || q.text == "newest") && q.text != judged) continue;
+      out += fmt::format("    \"{}\"\n", squash(q.sentence));
+    }
+    if (!r->note.empty()) out += fmt::format("    note: {}\n", squash(r->note));
+  }
+  return out;
 }
 
 std::string coverage_table(const Requirements& reqs, const std::vector<CaseInfo>& cases) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "case.h"
+#include "vhu/features.h"
 
 namespace conform {
 
@@ -23,6 +24,7 @@ struct Requirement {
   std::string text;     // which spec text: upstream | newest | both (CONVENTION: the trace or guest-run file)
   std::vector<Quote> quotes;
   std::string not_checked;  // reason, for a MUST no case covers
+  std::string note;         // where the spec and a real front-end disagree, or how it is checked
 };
 
 class Requirements {
@@ -48,6 +50,11 @@ std::string default_requirements_path();
 // spec_sources names the directory holding them).
 std::vector<std::string> check_traceability(const Requirements& reqs, const std::vector<CaseInfo>& cases,
                                             const std::string& spec_sources = {});
+
+// For a failure report: each of `ids` with its level, source and section, the
+// sentences that apply under `text`, and its note, so a back-end's author can
+// read what the verdict rests on without the catalog at hand.
+std::string requirements_report(const Requirements& reqs, const std::vector<std::string>& ids, vhu::SpecText text);
 
 // The --requirements table: requirement -> cases, and uncovered MUSTs with reasons.
 std::string coverage_table(const Requirements& reqs, const std::vector<CaseInfo>& cases);

@@ -61,5 +61,26 @@ TEST_F(Catalog, UnknownSourceIsAProblem) {
   EXPECT_NE(bad[0].find("unknown source 'folklore'"), std::string::npos) << bad[0];
 }
 
+TEST_F(Catalog, ReportQuotesTheJudgedTextWithLevelAndNote) {
+  const std::string path = (dir_ / "requirements.xml").string();
+  std::ofstream(path) << "<requirements><requirement id=\"R-1\" level=\"SHOULD\" source=\"vhost-user\" "
+                         "text=\"both\" section=\"Ring states\"><quote text=\"upstream\">old   words</quote>"
+                         "<quote text=\"newest\">new words</quote><note>QEMU differs.</note></requirement>"
+                         "<requirement id=\"R-2\" level=\"MUST\" source=\"vhost-user\" text=\"newest\" "
+                         "section=\"s\"><quote>only new</quote></requirement></requirements>";
+  const Requirements reqs = Requirements::load(path);
+  const std::string up = requirements_report(reqs, {"R-1", "R-9"}, vhu::SpecText::Upstream);
+  EXPECT_NE(up.find("R-1 (SHOULD; vhost-user, Ring states)"), std::string::npos) << up;
+  EXPECT_NE(up.find("\"old words\""), std::string::npos) << up;
+  EXPECT_EQ(up.find("new words"), std::string::npos) << up;
+  EXPECT_NE(up.find("note: QEMU differs."), std::string::npos) << up;
+  EXPECT_NE(up.find("R-9: not in"), std::string::npos) << up;
+  const std::string nw = requirements_report(reqs, {"R-1", "R-2"}, vhu::SpecText::Newest);
+  EXPECT_NE(nw.find("\"new words\""), std::string::npos) << nw;
+  EXPECT_EQ(nw.find("old words"), std::string::npos) << nw;
+  EXPECT_NE(nw.find("R-2 (MUST; vhost-user, newest text only, s)"), std::string::npos) << nw;
+  EXPECT_NE(nw.find("\"only new\""), std::string::npos) << nw;
+}
+
 }  // namespace
 }  // namespace conform

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "junit.h"
+#include "requirements.h"
 
 namespace conform {
 
@@ -162,12 +163,17 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
   }
   std::string d;
   d += "case: " + c.id + " - " + c.summary + "\n";
-  std::string reqs;
-  for (const auto& q : c.requirements) reqs += (reqs.empty() ? "" : ", ") + q;
-  d += "requirements: " + reqs + "\n";
   if (!expected.empty()) d += "expected: " + expected + "\ngot:      " + got + "\n";
   if (r.verdict != Verdict::Fail && r.verdict != Verdict::Pass && !r.message.empty()) d += r.message + "\n";
   if (!detail.empty()) d += detail + "\n";
+  // What the verdict rests on, quoted: the level tells a MUST broken from a SHOULD.
+  if (cfg.requirements != nullptr) {
+    d += "requirements:\n" + requirements_report(*cfg.requirements, c.requirements, cfg.spec);
+  } else {
+    std::string reqs;
+    for (const auto& q : c.requirements) reqs += (reqs.empty() ? "" : ", ") + q;
+    d += "requirements: " + reqs + "\n";
+  }
   r.details = d;
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return r;
