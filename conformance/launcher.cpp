@@ -279,7 +279,11 @@ bool Backend::crashed() {
   if (owner_) return owner_->crashed();
   if (pid_ <= 0) return false;
   reap(WNOHANG);
-  return exited_ && WIFSIGNALED(wstatus_) && !we_signalled_;
+  return exited_ && WIFSIGNALED(wstatus_) && !died_of_sent_signal();
+}
+
+bool Backend::died_of_sent_signal() const {
+  return WIFSIGNALED(wstatus_) && WTERMSIG(wstatus_) < 64 && (signals_sent_.load() & (uint64_t{1} << WTERMSIG(wstatus_)));
 }
 
 std::string Backend::status_text() {
@@ -287,14 +291,14 @@ std::string Backend::status_text() {
   if (pid_ <= 0) return "not spawned by the runner";
   reap(WNOHANG);
   if (!exited_) return fmt::format("running (pid {})", pid_);
-  return wait_status_text(wstatus_) + (WIFSIGNALED(wstatus_) && we_signalled_ ? " (sent by the runner)" : "");
+  return wait_status_text(wstatus_) + (died_of_sent_signal() ? " (sent by the runner)" : "");
 }
 
 void Backend::send_signal(int sig) {
   if (pid_ <= 0) return;
   reap(WNOHANG);
   if (exited_) return;
-  we_signalled_ = true;
+  note_sent(sig);
   ::kill(-pid_, sig);
 }
 
@@ -341,7 +345,7 @@ void Backend::terminate(int grace_ms) {
     group_killed_ = true;
     return;
   }
-  we_signalled_ = true;
+  note_sent(SIGTERM);
   ::kill(-pid_, SIGTERM);
   auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
   while (std::chrono::steady_clock::now() < end) {
@@ -349,13 +353,14 @@ void Backend::terminate(int grace_ms) {
     if (exited_) return;
     ::usleep(2000);
   }
+  note_sent(SIGKILL);
   ::kill(-pid_, SIGKILL);
   reap(0);
 }
 
 void Backend::kill_now() {
   if (pid_ <= 0 || exited_) return;
-  we_signalled_ = true;
+  note_sent(SIGKILL);
   ::kill(-pid_, SIGKILL);
 }
 

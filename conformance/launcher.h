@@ -151,7 +151,11 @@ class Backend {
   std::string command_;
   pid_t pid_ = -1;
   std::atomic<bool> exited_{false};
-  std::atomic<bool> we_signalled_{false};
+  // One bit per signal the runner sent the group: a death by any other
+  // (SIGSEGV while the runner's SIGTERM was on its way) is the back-end's own.
+  std::atomic<uint64_t> signals_sent_{0};
+  void note_sent(int sig) { signals_sent_.fetch_or(uint64_t{1} << sig); }
+  bool died_of_sent_signal() const;
   bool group_killed_ = false;
   int wstatus_ = 0;
   std::mutex wait_mu_;

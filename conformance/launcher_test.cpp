@@ -166,6 +166,21 @@ TEST(Backend, SignalSentByTheRunnerIsNoCrash) {
   EXPECT_NE((*b)->status_text().find("SIGTERM"), std::string::npos) << (*b)->status_text();
 }
 
+// A back-end that dies of a signal the runner never sent crashed, even when
+// the runner's SIGTERM was on its way: one that segfaults as the case ends
+// closes its socket before the runner can reap it, and used to pass for
+// killed by the runner.
+TEST(Backend, OwnSignalAfterTheRunnersSigtermIsACrash) {
+  auto b = Backend::launch(
+      spawn_spec("sh -c 'trap \"trap - SEGV; kill -SEGV $$\" TERM; while :; do sleep 0.01; done'"), 5);
+  ASSERT_TRUE(b) << b.message();
+  ::usleep(100 * 1000);  // the shell sets its trap
+  (*b)->terminate(2000);
+  EXPECT_TRUE((*b)->crashed()) << (*b)->status_text();
+  EXPECT_NE((*b)->status_text().find("SIGSEGV"), std::string::npos) << (*b)->status_text();
+  EXPECT_EQ((*b)->status_text().find("sent by the runner"), std::string::npos) << (*b)->status_text();
+}
+
 // The signal goes to the group, and the wait is for the whole group: a
 // command that ends while what it started ignores SIGTERM has not ended.
 TEST(Backend, GroupWaitNamesWhatIgnoredTheSignal) {

@@ -139,7 +139,6 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
                             detail.empty() ? "" : "\n", cfg.spec == vhu::SpecText::Newest ? "newest" : "upstream");
   }  // Ctx (and the front-end socket) closed here, before the back-end is stopped.
 
-  const bool crashed_before = be.crashed();
   be.terminate(1000);
   {
     std::lock_guard lock(mu);
@@ -154,7 +153,10 @@ CaseResult run_one(const CaseInfo& c, const RunConfig& cfg, uint64_t cid) {
     while (!tail.empty() && tail.back() == '\n') tail.pop_back();
     r.message += " (stderr ends: " + tail.substr(tail.rfind('\n') == std::string::npos ? 0 : tail.rfind('\n') + 1) + ")";
   }
-  if (crashed_before && r.verdict != Verdict::Error) {
+  // Asked after terminate() too: a back-end that crashes as the case ends
+  // (its socket closed before the runner could reap it) dies of its own
+  // signal, not of the runner's SIGTERM.
+  if (be.crashed() && r.verdict != Verdict::Error) {
     r.verdict = Verdict::Fail;
     r.message = "back-end crashed: " + r.backend_status + (r.message.empty() ? "" : "; " + r.message);
   } else if (sanitizer_report(r.backend_stderr) && r.verdict != Verdict::Error) {
