@@ -596,7 +596,7 @@ CONFORM_CASE(ring_error_reported,
              .id = "robustness.ring_error_reported",
              .requirements = {"VIRTIO-NEEDS-RESET", "VU-VRING-ERR"},
              .summary = "a tx ring that a malformed chain stopped is reported: its err eventfd signalled or "
-                        "DEVICE_NEEDS_RESET in GET_STATUS (malformed chains of six kinds laid in turn until one "
+                        "DEVICE_NEEDS_RESET in GET_STATUS (malformed chains of several kinds laid in turn until one "
                         "stops the ring)",
              .device = "vsock") {
   constexpr uint32_t kBehindPort = kListenPort + 1;
@@ -656,7 +656,7 @@ CONFORM_CASE(ring_error_reported,
   const int wait_ms = std::min(ctx.remaining_ms(), 2000);
   if (accept_timeout(behind_target.get(), wait_ms).valid())
     skip(fmt::format("the back-end went on past the malformed tx chain {}, late (the REQUEST behind it reached the "
-                     "host after {} ms{}): no error state, nothing to report",
+                     "host after more than {} ms{}): no error state, nothing to report",
                      stopped_at->name, ctx.cfg().quiet_window_ms, over));
   fail("tx stopped by a malformed chain and reported: ring 1's err eventfd signalled, or DEVICE_NEEDS_RESET (0x40) "
        "in GET_STATUS",
