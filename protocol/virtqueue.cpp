@@ -336,6 +336,10 @@ Result<void> DeviceQueue::push(uint16_t head, uint32_t written) {
   return Ok();
 }
 
+uint16_t DeviceQueue::used_event() const {
+  return ready() ? load16(avail_ + used_event_off(size_), __ATOMIC_RELAXED) : 0;
+}
+
 bool DeviceQueue::should_notify() {
   if (!ready()) return false;
   // The used idx store must be visible before flags/used_event are read, or

@@ -25,6 +25,19 @@ bool ring_errors_silent() {
   return VSOCKREF_FAULT(silent_ring_error) || VSOCKREF_FAULT(silent_stop_on_loop);
 }
 
+// Whether the driver is owed a call after the push()es just made. The faults
+// are two ways a call goes missing that a guest polling its used rings never
+// notices: one entry early under EVENT_IDX (the new used idx compared with
+// used_event instead of the entry's index), and used_event read where it
+// must be ignored.
+bool call_due(vhu::DeviceQueue& q) {
+  const bool due = q.should_notify();  // keeps its bookkeeping in every case
+  if (VSOCKREF_FAULT(used_event_equals_new_idx) && q.event_idx()) return q.used_idx() == q.used_event();
+  if (VSOCKREF_FAULT(used_event_without_event_idx) && !q.event_idx())
+    return static_cast<uint16_t>(q.used_idx() - 1) == q.used_event();
+  return due;
+}
+
 }  // namespace
 
 Backend::Backend(EventLoop& loop, ReplySink& sink, BackendOptions opts, Router* router)
@@ -271,7 +284,7 @@ void Backend::run_device() {
     for (Vring& r : rings_) {
       if (!r.notify_due) continue;
       r.notify_due = false;
-      if (r.queue.should_notify()) {
+      if (call_due(r.queue)) {
         signal(r.call);
         if (VSOCKREF_FAULT(keep_replaced_call_fd)) signal(r.replaced_call);
       }

@@ -66,6 +66,8 @@
   X(accept_num_not_power_of_two, "SET_VRING_NUM checks the maximum but not the power of two")        \
   X(accept_num_too_large, "SET_VRING_NUM checks the power of two but not the 32768 maximum")         \
   X(accept_vring_addr_outside_memory, "acks SET_VRING_ADDR whose addresses no region holds")          \
+  X(used_event_equals_new_idx, "with EVENT_IDX, calls only when the new used idx equals used_event: one entry early") \
+  X(used_event_without_event_idx, "applies used_event to calls though VIRTIO_F_RING_EVENT_IDX was not negotiated") \
   X(keep_call_fd_on_nofd, "SET_VRING_CALL with the invalid-FD flag keeps signalling the old call fd") \
   X(keep_replaced_call_fd, "after SET_VRING_CALL with a new fd, the one it replaced is signalled too") \
   X(no_poll_without_kick_fd, "SET_VRING_KICK with the invalid-FD flag: the ring is never polled")   \

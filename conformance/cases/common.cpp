@@ -39,6 +39,8 @@ vhu::Message set_mem_table_message(const std::vector<vhu::MemoryRegion>& regions
   return m;
 }
 
+std::string times(uint64_t n) { return n == 0 ? "never" : n == 1 ? "once" : fmt::format("{} times", n); }
+
 void expect_no_anomalies(VsockGuest& g, const std::string& want) {
   check(g.anomalies().empty(), want, g.anomalies().empty() ? "" : g.anomalies().front());
 }

@@ -53,6 +53,9 @@ vhu::Message set_mem_table_message(const std::vector<vhu::MemoryRegion>& regions
 // otherwise fails with `want` and the first oddity.
 void expect_no_anomalies(VsockGuest& g, const std::string& want);
 
+// How often an eventfd was signalled, for a note: "never", "once", "3 times".
+std::string times(uint64_t n);
+
 // The next rx packet of op `o` to guest port `guest_port` within `ms` (or the
 // case's deadline, if nearer); packets that do not match stay in the backlog.
 std::optional<RxPacket> wait_op(Ctx& ctx, VsockGuest& g, vhu::vsock::Op o, uint32_t guest_port, int ms = 2000);

@@ -39,9 +39,6 @@ std::string tail(Ctx& ctx) {
   return n.substr(n.find('.') + 1);
 }
 
-// How often an err eventfd was signalled, for a note: "never", "once", "3 times".
-std::string times(uint64_t n) { return n == 0 ? "never" : n == 1 ? "once" : fmt::format("{} times", n); }
-
 bool send_raw(Frontend& fe, const void* p, size_t n) {
   fe.log().record_text(Dir::ToBackend, fmt::format("({} raw bytes)", n));
   return ::send(fe.fd(), p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n);

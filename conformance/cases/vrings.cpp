@@ -1,5 +1,10 @@
 // Vring set-up and ring states: started/stopped, enabled/disabled.
+#include <sys/socket.h>
+
 #include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "common.h"
 #include "robustness_util.h"
@@ -213,6 +218,104 @@ CONFORM_CASE(disabled_ring_no_rx,
                   std::min(ctx.remaining_ms(), 2000));
   }
   check(p.has_value(), "a REQUEST on rx for the host's CONNECT once rx is enabled", "nothing");
+}
+
+// ---- used buffer notifications ----
+//
+// The runner's guest polls its used rings, so every other case passes whether
+// or not the back-end ever signals a call fd; a Linux guest sleeps until it
+// does. These cases make the back-end use one buffer at a time and look at
+// the call fd after each.
+
+constexpr uint32_t kNotifyGuestPort = 4600, kNotifyHostPort = 5600;
+
+const char* ring_name(VsockGuest& g, GuestQueue& q) { return &q == &g.tx() ? "tx" : "rx"; }
+
+// The back-end uses one buffer of `q`: on tx an RST for no connection (taken
+// without an answer), on rx one byte the host writes to `host` (one RW packet).
+// Returns once the used idx shows it, after a settle so that a call the
+// back-end makes for it has arrived.
+void use_one(Ctx& ctx, VsockGuest& g, GuestQueue& q, int host) {
+  const auto target = static_cast<uint16_t>(q.used_idx() + 1);
+  if (&q == &g.tx()) {
+    g.send(g.hdr(vs::Op::RST, 40000, 49999), {});
+  } else {
+    check(::send(host, "x", 1, MSG_NOSIGNAL) == 1, "the host program's write to reach the back-end",
+          fmt::format("send: {}", std::strerror(errno)));
+  }
+  const int ms = std::min(ctx.remaining_ms(), 2000);
+  check(g.wait_until([&] { return q.used_idx() == target; }, ms),
+        fmt::format("the back-end to use one {} buffer (used idx {})", ring_name(g, q), target),
+        fmt::format("used idx {} after {} ms", q.used_idx(), ms));
+  g.wait_until([] { return false; }, ctx.cfg().quiet_window_ms);
+}
+
+// The stream whose rx packets the cases count, and the guest it runs on.
+struct NotifySetup {
+  NotifySetup(Ctx& ctx, QemuOptions o)
+      : listener(ctx.host().listen(kNotifyHostPort)), q(started(ctx, o)),
+        host(open_stream(ctx, q.guest(), kNotifyGuestPort, kNotifyHostPort, listener.get())) {}
+  vhu::UniqueFd listener;
+  QemuFrontend q;
+  vhu::UniqueFd host;
+};
+
+CONFORM_CASE(notify_at_used_event,
+             .id = "vrings.notify_at_used_event",
+             .requirements = {"VQ-NOTIFY-EVENT-IDX", "VU-VRING-CALL"},
+             .summary = "with VIRTIO_F_RING_EVENT_IDX, the call fd is signalled when the used entry at used_event is "
+                        "written, on tx and on rx",
+             .device = "vsock") {
+  NotifySetup s(ctx, {});
+  if (!vhu::has_bit(s.q.acked_features(), vhu::feature::RING_EVENT_IDX))
+    skip("back-end does not offer VIRTIO_F_RING_EVENT_IDX");
+  auto& g = s.q.guest();
+  for (GuestQueue* r : {&g.tx(), &g.rx()}) {
+    // The call is asked for at the second entry from now, not the first: a
+    // back-end one entry early then calls at the first and not at the second.
+    const auto event = static_cast<uint16_t>(r->used_idx() + 1);
+    r->dq().set_used_event(event);
+    r->take_calls();
+    use_one(ctx, g, *r, s.host.get());
+    const uint64_t early = r->take_calls();
+    use_one(ctx, g, *r, s.host.get());
+    const uint64_t calls = r->take_calls();
+    ctx.note(fmt::format("{}: used_event {}: signalled {} at entry {}, {} at entry {}", ring_name(g, *r), event,
+                         times(early), event - 1, times(calls), event));
+    check(calls > 0,
+          fmt::format("{}'s call fd signalled once the device wrote used entry {} (used_event {})", ring_name(g, *r),
+                      event, event),
+          fmt::format("no signal within {} ms{}: a Linux guest would sleep with the buffer unread",
+                      ctx.cfg().quiet_window_ms, early > 0 ? " (one came at the entry before)" : ""));
+  }
+}
+
+CONFORM_CASE(notify_without_event_idx,
+             .id = "vrings.notify_without_event_idx",
+             .requirements = {"VQ-NOTIFY-FLAGS", "VU-VRING-CALL"},
+             .summary = "without VIRTIO_F_RING_EVENT_IDX and with the avail flags 0, every used buffer is signalled "
+                        "on the call fd, whatever used_event holds; on tx and on rx",
+             .device = "vsock") {
+  QemuOptions o;
+  o.guest_features &= ~vhu::bit(vhu::feature::RING_EVENT_IDX);
+  NotifySetup s(ctx, o);
+  auto& g = s.q.guest();
+  for (GuestQueue* r : {&g.tx(), &g.rx()}) {
+    r->dq().set_no_interrupt(false);
+    // The field the device must ignore here, where applying it would hold
+    // back the calls.
+    const auto ignored = static_cast<uint16_t>(r->used_idx() + 100);
+    r->dq().set_used_event(ignored);
+    r->take_calls();
+    for (int i = 0; i < 2; ++i) {
+      use_one(ctx, g, *r, s.host.get());
+      check(r->take_calls() > 0,
+            fmt::format("{}'s call fd signalled for each used buffer (flags 0, EVENT_IDX not negotiated)",
+                        ring_name(g, *r)),
+            fmt::format("no signal within {} ms of used entry {} (used_event, which must be ignored, is {})",
+                        ctx.cfg().quiet_window_ms, static_cast<uint16_t>(r->used_idx() - 1), ignored));
+    }
+  }
 }
 
 }  // namespace

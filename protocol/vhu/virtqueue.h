@@ -51,6 +51,10 @@ class DeviceQueue {
   uint16_t last_avail() const { return last_avail_; }
   void set_last_avail(uint16_t idx);  // SET_VRING_BASE; also resets the used index to it
   uint16_t used_idx() const { return used_idx_; }
+  bool event_idx() const { return opt_.event_idx; }
+  // The driver's used_event field as it reads now; should_notify() is what
+  // honours it.
+  uint16_t used_event() const;
 
   // Buffers the driver has made available that were not popped yet. Error
   // when the avail index is more than `size` ahead of last_avail.
