@@ -605,26 +605,26 @@ CONFORM_CASE(ring_error_reported,
   tx_consume(ctx, g, 1, "before the malformed chains");
   std::vector<std::string> stepped_over;
   const RingMutation* stopped_at = nullptr;
-  GuestQueue* tq = nullptr;
+  GuestQueue& tq = g.tx();  // every candidate is a tx chain
   unsigned slot = 0;
   for (std::string_view name : kStopCandidates) {
     const RingMutation& mu = ring_entry(name);
     if (mu.indirect == Indirect::Needed && !indirect) continue;
-    tq = &lay_malformed(ctx, g, mu, slot);
-    tq->take_errs();
+    lay_malformed(ctx, g, mu, slot);
+    tq.take_errs();
     // The chain and a valid REQUEST behind it, in one kick. The kick is
     // unconditional, as in ring_mutation: lay_malformed() published the chain
     // without one, so with EVENT_IDX send() would think the device had been
     // told of it already and keep quiet, leaving the chain to whatever next
     // wakes the back-end (a later front-end message, too late for the window).
     g.send(g.hdr(vs::Op::REQUEST, kGuestPort + 1 + slot, kBehindPort), {}, /*kick=*/false);
-    tq->kick();
+    tq.kick();
     ++slot;
     if (!accept_timeout(behind_target.get(), ctx.cfg().quiet_window_ms).valid()) {
       stopped_at = &mu;
       break;
     }
-    const uint64_t errs = tq->take_errs();
+    const uint64_t errs = tq.take_errs();
     stepped_over.push_back(errs == 0 ? std::string(mu.name)
                                      : fmt::format("{} (err eventfd signalled {})", mu.name, times(errs)));
   }
@@ -638,7 +638,7 @@ CONFORM_CASE(ring_error_reported,
     ctx.note(fmt::format("the back-end closed the connection at {}{}: the front-end sees that", stopped_at->name, over));
     return;
   }
-  const uint64_t errs = tq->take_errs();
+  const uint64_t errs = tq.take_errs();
   std::string status = "not negotiated";
   bool needs_reset = false;
   if (ctx.fe().protocol_negotiated(vhu::protocol_feature::STATUS)) {

@@ -281,7 +281,7 @@ CONFORM_CASE(notify_at_used_event,
     use_one(ctx, g, *r, s.host.get());
     const uint64_t calls = r->take_calls();
     ctx.note(fmt::format("{}: used_event {}: signalled {} at entry {}, {} at entry {}", ring_name(g, *r), event,
-                         times(early), event - 1, times(calls), event));
+                         times(early), static_cast<uint16_t>(event - 1), times(calls), event));
     check(calls > 0,
           fmt::format("{}'s call fd signalled once the device wrote used entry {} (used_event {})", ring_name(g, *r),
                       event, event),
