@@ -216,6 +216,7 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
     RxPacket p;
     p.used_len = u->len;
     p.framing = posted.framing;
+    p.descs = posted.descs;
     const uint8_t* buf = ram_.host(posted.gpa, kBufSize);
     std::vector<uint8_t> gathered;
     uint32_t size = 0;
@@ -246,6 +247,7 @@ std::vector<RxPacket> VsockGuest::poll_rx(bool repost) {
         anomalies_.push_back(fmt::format("rx packet hdr.len {} exceeds used len {}", p.hdr.len, u->len));
       p.data.assign(buf + vs::kHdrSize, buf + vs::kHdrSize + n);
       handle(p);
+      if (record_rx_) record_rx_->push_back(p);
       out.push_back(p);
     }
     rx_pool_.push_back(posted.gpa);

@@ -25,6 +25,7 @@ struct RxPacket {
   std::vector<uint8_t> data;
   uint32_t used_len = 0;
   int framing = -1;  // which of VsockGuest::frame_rx()'s framings its buffer had
+  std::vector<vhu::DriverBuffer> descs;  // the buffer's descriptors, as posted
 };
 
 struct GuestConn {
@@ -97,6 +98,8 @@ class VsockGuest {
   // Polls until the condition holds, or timeout.
   bool wait_until(const std::function<bool()>& cond, int timeout_ms);
   std::deque<RxPacket>& backlog() { return backlog_; }
+  // While set, every packet poll_rx() takes is also appended to *sink.
+  void record_rx(std::vector<RxPacket>* sink) { record_rx_ = sink; }
 
   // Stream connections (guest-initiated or accepted). Connections are keyed
   // by (local port, peer port) whatever the peer's CID: a case gives each of
@@ -163,6 +166,7 @@ class VsockGuest {
   unsigned small_rx_every_ = 0, rx_posted_ = 0, small_rx_posted_ = 0, small_rx_returned_ = 0;
   uint32_t small_rx_size_ = kBufSize;
   std::deque<RxPacket> backlog_;
+  std::vector<RxPacket>* record_rx_ = nullptr;
   std::map<std::pair<uint32_t, uint32_t>, GuestConn> conns_;
   std::vector<std::string> anomalies_;
   std::vector<uint64_t> peers_{vhu::vsock::kHostCid};

@@ -23,10 +23,9 @@ uint16_t load16(const uint8_t* p, int order) { return __atomic_load_n(reinterpre
 void store16(uint8_t* p, uint16_t v, int order) { __atomic_store_n(reinterpret_cast<uint16_t*>(p), v, order); }
 void store32(uint8_t* p, uint32_t v) { __atomic_store_n(reinterpret_cast<uint32_t*>(p), v, __ATOMIC_RELAXED); }
 
-// Offsets within the avail and used rings.
-constexpr uint64_t kRingFlags = 0;
-constexpr uint64_t kRingIdx = 2;
-constexpr uint64_t kRingEntries = 4;
+using vring::kRingEntries;
+using vring::kRingFlags;
+using vring::kRingIdx;
 uint64_t used_event_off(uint32_t size) { return kRingEntries + 2ull * size; }
 uint64_t avail_event_off(uint32_t size) { return kRingEntries + 8ull * size; }
 
@@ -326,14 +325,41 @@ Result<void> DeviceQueue::walk(uint16_t head, Chain& out) const {
 Result<void> DeviceQueue::push(uint16_t head, uint32_t written) {
   if (!ready()) return Err("virtqueue is not set up");
   if (head >= size_) return Err(fmt::format("push: head {} >= queue size {}", head, size_));
-  uint8_t* elem = used_ + kRingEntries + 8ull * (used_idx_ % size_);
+  const uint64_t elem_off = kRingEntries + 8ull * (used_idx_ % size_);
+  uint8_t* elem = used_ + elem_off;
+  // Marked before the index publishes them, so that a front-end that reads
+  // the log after it has seen the entry finds every page.
+  log_written(head, written);
   store32(elem, head);
   store32(elem + 4, written);
+  log_used(elem_off, 8);
+  log_used(kRingIdx, 2);
   ++used_idx_;
   // Release: the element (and the data written into the buffers) must be
   // visible before the index that publishes them.
   store16(used_ + kRingIdx, used_idx_, __ATOMIC_RELEASE);
   return Ok();
+}
+
+void DeviceQueue::log_used(uint64_t offset, uint64_t len) const {
+  if (logging_.log && logging_.used_gpa) logging_.log->mark(*logging_.used_gpa + offset, len);
+}
+
+// The chain is walked again, as it stands now: the device may have popped it
+// before logging began. A chain the driver broke meanwhile is the driver's
+// loss; the used entry still goes out.
+void DeviceQueue::log_written(uint16_t head, uint32_t written) const {
+  if (!logging_.log || !logging_.buffers || written == 0) return;
+  Chain c;
+  if (!walk(head, c).ok()) return;
+  uint64_t left = written;
+  for (const Segment& s : c.segments) {
+    if (!s.writable) continue;
+    const uint64_t n = std::min<uint64_t>(left, s.len);
+    logging_.log->mark(s.gpa, n);
+    left -= n;
+    if (left == 0) break;
+  }
 }
 
 uint16_t DeviceQueue::used_event() const {
@@ -364,8 +390,10 @@ void DeviceQueue::enable_notifications(bool enable) {
     // run all the way round the 16-bit space to cross it.
     const uint16_t event = enable ? last_avail_ : static_cast<uint16_t>(last_avail_ - 1);
     store16(used_ + avail_event_off(size_), event, __ATOMIC_RELAXED);
+    log_used(avail_event_off(size_), 2);
   } else {
     store16(used_ + kRingFlags, enable ? 0 : vring::kUsedFNoNotify, __ATOMIC_RELAXED);
+    log_used(kRingFlags, 2);
   }
   // The caller re-checks the avail idx after enabling; that read must not be
   // satisfied before this store is visible, or a kick could be lost.

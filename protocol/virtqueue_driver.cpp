@@ -30,9 +30,9 @@ constexpr uint64_t indirect_off(uint32_t size) {
 }
 constexpr uint64_t kTableBytes = DriverQueue::kMaxIndirect * sizeof(vring::Desc);
 
-constexpr uint64_t kRingFlags = 0;
-constexpr uint64_t kRingIdx = 2;
-constexpr uint64_t kRingEntries = 4;
+using vring::kRingEntries;
+using vring::kRingFlags;
+using vring::kRingIdx;
 
 uint16_t load16(const uint8_t* p, int order) { return __atomic_load_n(reinterpret_cast<const uint16_t*>(p), order); }
 void store16(uint8_t* p, uint16_t v, int order) { __atomic_store_n(reinterpret_cast<uint16_t*>(p), v, order); }

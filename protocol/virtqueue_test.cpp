@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "vhu/dirty_log.h"
 #include "vhu/virtqueue_driver.h"
 
 namespace vhu {
@@ -798,6 +799,45 @@ TEST_F(VirtQueueTest, NoNotifyWithoutEventIdx) {
   uint16_t avail_event = 0xffff;
   std::memcpy(&avail_event, host(drv_.used_gpa() + 4 + 8 * 16), 2);
   EXPECT_EQ(avail_event, 0);
+}
+
+// Dirty-page logging: push() marks the bytes it reports written, in the
+// chain's writable buffers by guest-physical address, and the used ring at
+// log_guest_addr, which need not be the ring's own address.
+TEST_F(VirtQueueTest, PushMarksWrittenBuffersAndTheUsedRingInTheLog) {
+  start(8);
+  auto log = DirtyLog::create(DirtyLog::bytes_for(kGpaEnd + 0x100000));
+  ASSERT_TRUE(log.ok()) << log.message();
+  const uint64_t used_log = kGpaEnd + 0x10000;
+  dev_.set_logging({&*log, true, used_log});
+  add_publish({rd(0, 16), wr(0x3000, 0x800), wr(0x5000, 0x2000)});
+  Chain c = pop_one();
+  ASSERT_TRUE(dev_.push(c.head, 0x900).ok());
+  EXPECT_FALSE(log->marked(kBufGpa));           // device-readable only
+  EXPECT_TRUE(log->marked(kBufGpa + 0x3000));
+  EXPECT_TRUE(log->marked(kBufGpa + 0x5000));   // the 0x100 bytes past the first piece
+  EXPECT_FALSE(log->marked(kBufGpa + 0x6000));  // beyond the written length
+  EXPECT_TRUE(log->marked(used_log));
+  EXPECT_FALSE(log->marked(drv_.used_gpa()));
+
+  // The device may mark its buffers itself; the used ring is still marked.
+  log->clear();
+  dev_.set_logging({&*log, false, used_log});
+  add_publish({wr(0x3000, 0x800)});
+  c = pop_one();
+  ASSERT_TRUE(dev_.push(c.head, 0x800).ok());
+  EXPECT_FALSE(log->marked(kBufGpa + 0x3000));
+  EXPECT_TRUE(log->marked(used_log));
+
+  // Logging off: nothing is marked.
+  log->clear();
+  dev_.set_logging({});
+  add_publish({wr(0x3000, 0x800)});
+  c = pop_one();
+  ASSERT_TRUE(dev_.push(c.head, 0x800).ok());
+  dev_.enable_notifications(true);
+  EXPECT_FALSE(log->marked(kBufGpa + 0x3000));
+  EXPECT_FALSE(log->marked(used_log));
 }
 
 }  // namespace

@@ -49,12 +49,12 @@ uint64_t Backend::offered_features() {
   namespace f = vhu::feature;
   const uint64_t pf = VSOCKREF_FAULT(drop_protocol_features_bit) ? 0 : bit(f::VHOST_USER_F_PROTOCOL_FEATURES);
   return VsockDevice::device_features() | bit(f::RING_INDIRECT_DESC) | bit(f::RING_EVENT_IDX) | pf |
-         bit(f::VERSION_1);
+         bit(f::VERSION_1) | bit(f::LOG_ALL);
 }
 
 uint64_t Backend::offered_protocol_features() {
   namespace p = vhu::protocol_feature;
-  return bit(p::MQ) | bit(p::REPLY_ACK) | bit(p::CONFIG) | bit(p::RESET_DEVICE) | bit(p::CONFIGURE_MEM_SLOTS) |
+  return bit(p::MQ) | bit(p::LOG_SHMFD) | bit(p::REPLY_ACK) | bit(p::CONFIG) | bit(p::RESET_DEVICE) | bit(p::CONFIGURE_MEM_SLOTS) |
          bit(p::STATUS) | bit(p::DEVICE_STATE);
 }
 
@@ -320,8 +320,22 @@ vhu::Result<void> Backend::bind_ring(unsigned q) {
     unbind();
     return res.error();
   }
+  r.queue.set_logging(logging_for(q));
   r.broken = false;
   return vhu::Ok();
+}
+
+// The spec's "Migration": with VHOST_F_LOG_ALL, every write into the buffers
+// a descriptor points at is marked; used-ring writes too when the ring's
+// SET_VRING_ADDR set VHOST_VRING_F_LOG, at its log_guest_addr.
+vhu::DeviceQueue::Logging Backend::logging_for(unsigned q) const {
+  vhu::DeviceQueue::Logging l;
+  if (!log_.valid() || !has_bit(features_, vhu::feature::LOG_ALL)) return l;
+  l.log = &log_;
+  l.buffers = !VSOCKREF_FAULT(dirty_log_skips_buffers);
+  const auto& a = rings_[q].addr;
+  if (a && (a->flags & vhu::kVringFlagLog) && !VSOCKREF_FAULT(dirty_log_skips_used_ring)) l.used_gpa = a->log_guest_addr;
+  return l;
 }
 
 void Backend::rebind_all() {
@@ -414,6 +428,8 @@ void Backend::disconnect() {
   device_.reset();
   reset_rings();
   if (!VSOCKREF_FAULT(keep_memory_on_disconnect)) mem_.clear();
+  log_ = vhu::DirtyLog{};
+  log_fd_.reset();
   features_ = 0;
   features_set_ = false;
   device_.set_features(0);

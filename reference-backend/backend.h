@@ -23,6 +23,7 @@
 #include "event_loop.h"
 #include "ring_io.h"
 #include "router.h"
+#include "vhu/dirty_log.h"
 #include "vhu/features.h"
 #include "vhu/guest_memory.h"
 #include "vhu/messages.h"
@@ -101,6 +102,8 @@ class Backend final : private RingIo {
   // status_ with DEVICE_NEEDS_RESET while a ring is broken (backend.cpp).
   uint8_t reported_status() const;
   vhu::Result<void> bind_ring(unsigned q);
+  // What ring q's writes mark in the dirty log now (backend.cpp).
+  vhu::DeviceQueue::Logging logging_for(unsigned q) const;
   // The handler for a request, or null with ctx.refusal set when the request
   // is unknown, unsupported or needs a feature that was not negotiated.
   HandlerFn lookup(uint32_t id, Ctx& ctx) const;
@@ -123,6 +126,8 @@ class Backend final : private RingIo {
   vhu::Result<uint64_t> reset_owner(Ctx&);
   vhu::Result<uint64_t> reset_device(Ctx&);
   vhu::Result<uint64_t> set_mem_table(Ctx&);
+  vhu::Result<uint64_t> set_log_base(Ctx&);
+  vhu::Result<uint64_t> set_log_fd(Ctx&);
   vhu::Result<uint64_t> get_max_mem_slots(Ctx&);
   vhu::Result<uint64_t> add_mem_reg(Ctx&);
   vhu::Result<uint64_t> rem_mem_reg(Ctx&);
@@ -155,6 +160,8 @@ class Backend final : private RingIo {
   BackendOptions opts_;
   VsockDevice device_;
   vhu::GuestMemory mem_;
+  vhu::DirtyLog log_;     // SET_LOG_BASE; marked while LOG_ALL is negotiated
+  vhu::UniqueFd log_fd_;  // SET_LOG_FD: kept, never signalled (the spec's "may")
   std::array<Vring, kNumQueues> rings_;
   uint64_t features_ = 0;
   bool features_set_ = false;

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstring>
@@ -50,6 +51,8 @@ Backend::HandlerFn Backend::lookup(uint32_t id, Ctx& ctx) const {
       {FrontendReq::SET_OWNER, &Backend::set_owner, Gate::None, 0},
       {FrontendReq::RESET_OWNER, &Backend::reset_owner, Gate::None, 0},
       {FrontendReq::SET_MEM_TABLE, &Backend::set_mem_table, Gate::None, 0},
+      {FrontendReq::SET_LOG_BASE, &Backend::set_log_base, Gate::Pf, pf::LOG_SHMFD},
+      {FrontendReq::SET_LOG_FD, &Backend::set_log_fd, Gate::Pf, pf::LOG_SHMFD},
       {FrontendReq::SET_VRING_NUM, &Backend::set_vring_num, Gate::None, 0},
       {FrontendReq::SET_VRING_ADDR, &Backend::set_vring_addr, Gate::None, 0},
       {FrontendReq::SET_VRING_BASE, &Backend::set_vring_base, Gate::None, 0},
@@ -246,6 +249,40 @@ vhu::Result<uint64_t> Backend::set_mem_table(Ctx& c) {
   return 0;
 }
 
+// The list of requests that need a reply names SET_LOG_BASE (with
+// LOG_SHMFD), and QEMU waits for one without setting need_reply, while the
+// request's own entry says "reply payload: N/A": the reply is a u64, 0 when
+// the log is mapped, as libvhost-user answers (QEMU checks only its id).
+vhu::Result<uint64_t> Backend::set_log_base(Ctx& c) {
+  auto p = vhu::payload_log(c.msg);
+  if (!p) return p.error();
+  if (c.msg.fds.size() != 1) return vhu::Err("SET_LOG_BASE: no fd attached for the log");
+  uint64_t result = 0;
+  if (auto log = vhu::DirtyLog::map(c.msg.fds[0], p->mmap_size, p->mmap_offset); !log) {
+    VLOG(Warn, "{}: SET_LOG_BASE refused: {}", opts_.vsock.name, log.message());
+    result = 1;
+  } else {
+    log_ = std::move(*log);
+    uint64_t end = 0;
+    for (const vhu::MemoryRegion& m : mem_.regions()) end = std::max(end, m.guest_phys_addr + m.memory_size);
+    if (end > log_.covered())
+      VLOG(Warn, "{}: SET_LOG_BASE: the log covers guest addresses below {:#x}, guest memory reaches {:#x}; writes "
+                 "beyond go unmarked",
+           opts_.vsock.name, log_.covered(), end);
+    for (unsigned q = 0; q < kNumQueues; ++q)
+      if (rings_[q].queue.ready()) rings_[q].queue.set_logging(logging_for(q));
+  }
+  if (!VSOCKREF_FAULT(no_log_base_reply)) reply_u64(c.msg, result);
+  c.replied = true;
+  return result;
+}
+
+vhu::Result<uint64_t> Backend::set_log_fd(Ctx& c) {
+  if (c.msg.fds.size() != 1) return vhu::Err("SET_LOG_FD: no fd attached");
+  log_fd_ = std::move(c.msg.fds[0]);
+  return 0;
+}
+
 vhu::Result<uint64_t> Backend::get_max_mem_slots(Ctx& c) {
   reply_u64(c.msg, mem_.max_regions() - (VSOCKREF_FAULT(understate_max_mem_slots) ? 1 : 0));
   c.replied = true;
@@ -304,13 +341,8 @@ vhu::Result<uint64_t> Backend::set_vring_addr(Ctx& c) {
   if (!a) return a.error();
   auto q = ring_index(c, a->index);
   if (!q) return q.error();
-  // log_guest_addr means something only with VHOST_VRING_F_LOG; QEMU always
-  // fills it in, so it is never looked at otherwise.
-  if (a->flags & vhu::kVringFlagLog) {
-    VLOG(Warn, "{}: SET_VRING_ADDR: field flags = {:#x} asks for used-ring logging, which needs LOG_ALL (not offered)",
-         opts_.vsock.name, a->flags);
-    return 1;
-  }
+  // log_guest_addr means something only with VHOST_VRING_F_LOG (QEMU always
+  // fills it in), and then only while LOG_ALL is negotiated (logging_for).
   rings_[*q].addr = *a;
   if (auto b = bind_ring(*q); !b) {
     VLOG(Warn, "{}: SET_VRING_ADDR ring {}: {}", opts_.vsock.name, *q, b.message());

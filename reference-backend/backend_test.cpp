@@ -6,6 +6,7 @@
 
 #include "backend.h"
 #include "device_state.h"
+#include "vhu/dirty_log.h"
 #include "vhu/features.h"
 
 namespace vsockref {
@@ -48,13 +49,42 @@ class BackendTest : public ::testing::Test {
 TEST_F(BackendTest, OffersWhatTheIssueAsksFor) {
   send(vhu::Message::empty(id(FrontendReq::GET_PROTOCOL_FEATURES)));
   const uint64_t p = u64_reply();
-  for (unsigned bit : {pf::REPLY_ACK, pf::CONFIG, pf::CONFIGURE_MEM_SLOTS, pf::STATUS, pf::RESET_DEVICE,
+  for (unsigned bit : {pf::LOG_SHMFD, pf::REPLY_ACK, pf::CONFIG, pf::CONFIGURE_MEM_SLOTS, pf::STATUS, pf::RESET_DEVICE,
                        pf::DEVICE_STATE})
     EXPECT_TRUE(vhu::has_bit(p, bit)) << bit;
   send(vhu::Message::empty(id(FrontendReq::GET_FEATURES)));
   const uint64_t f = u64_reply();
   EXPECT_TRUE(vhu::has_bit(f, vhu::feature::VERSION_1));
   EXPECT_TRUE(vhu::has_bit(f, vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES));
+  EXPECT_TRUE(vhu::has_bit(f, vhu::feature::LOG_ALL));
+}
+
+// QEMU waits for a reply to SET_LOG_BASE (with LOG_SHMFD) without asking for
+// one; with need_reply too, that reply is the only one.
+TEST_F(BackendTest, SetLogBaseIsAnsweredOnce) {
+  auto log = vhu::DirtyLog::create(4096);
+  ASSERT_TRUE(log.ok());
+  const auto set_log_base = [&](uint64_t size, bool need_reply) {
+    vhu::Message m = vhu::Message::request_with(id(FrontendReq::SET_LOG_BASE), vhu::LogPayload{size, 0}, need_reply);
+    m.fds.emplace_back(::dup(log->fd().get()));
+    return send(std::move(m));
+  };
+  // Not negotiated: refused, with an answer all the same.
+  EXPECT_EQ(set_log_base(4096, false), Disposition::Continue);
+  EXPECT_NE(u64_reply(), 0u);
+  negotiate(vhu::bit(pf::LOG_SHMFD) | vhu::bit(pf::REPLY_ACK));
+  EXPECT_EQ(set_log_base(4096, false), Disposition::Continue);
+  EXPECT_EQ(u64_reply(), 0u);
+  EXPECT_TRUE(sink.got.empty());
+  EXPECT_EQ(set_log_base(4096, true), Disposition::Continue);
+  EXPECT_EQ(u64_reply(), 0u);
+  EXPECT_TRUE(sink.got.empty());
+  // Larger than the file: refused, never mapped (touching it would SIGBUS).
+  EXPECT_EQ(set_log_base(8192, false), Disposition::Continue);
+  EXPECT_NE(u64_reply(), 0u);
+  // No fd at all is malformed.
+  EXPECT_EQ(send(vhu::Message::request_with(id(FrontendReq::SET_LOG_BASE), vhu::LogPayload{4096, 0})),
+            Disposition::Close);
 }
 
 TEST_F(BackendTest, NeedReplyHonouredWithoutGetProtocolFeatures) {

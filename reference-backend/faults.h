@@ -68,6 +68,9 @@
   X(accept_vring_addr_outside_memory, "acks SET_VRING_ADDR whose addresses no region holds")          \
   X(used_event_equals_new_idx, "with EVENT_IDX, calls only when the new used idx equals used_event: one entry early") \
   X(used_event_without_event_idx, "applies used_event to calls though VIRTIO_F_RING_EVENT_IDX was not negotiated") \
+  X(no_log_base_reply, "SET_LOG_BASE gets no reply, as its entry's \"reply payload: N/A\" reads alone") \
+  X(dirty_log_skips_buffers, "while logging, marks used-ring writes but not the guest buffers it writes") \
+  X(dirty_log_skips_used_ring, "while logging, marks the guest buffers it writes but not the used ring") \
   X(keep_call_fd_on_nofd, "SET_VRING_CALL with the invalid-FD flag keeps signalling the old call fd") \
   X(keep_replaced_call_fd, "after SET_VRING_CALL with a new fd, the one it replaced is signalled too") \
   X(no_poll_without_kick_fd, "SET_VRING_KICK with the invalid-FD flag: the ring is never polled")   \

@@ -27,6 +27,11 @@ struct UsedElem {
 static_assert(sizeof(Desc) == 16);
 static_assert(sizeof(UsedElem) == 8);
 
+// Offsets within the avail and used rings: flags, idx, then the entries.
+inline constexpr uint64_t kRingFlags = 0;
+inline constexpr uint64_t kRingIdx = 2;
+inline constexpr uint64_t kRingEntries = 4;
+
 constexpr bool valid_queue_size(uint32_t n) { return n >= 1 && n <= kMaxQueueSize && (n & (n - 1)) == 0; }
 constexpr uint64_t desc_table_bytes(uint32_t n) { return 16ull * n; }
 // flags, idx, ring[n], used_event

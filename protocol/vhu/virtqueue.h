@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "vhu/dirty_log.h"
 #include "vhu/guest_memory.h"
 #include "vhu/messages.h"
 #include "vhu/result.h"
@@ -70,6 +71,19 @@ class DeviceQueue {
   // Returns a chain to the driver with `written` bytes written into it.
   Result<void> push(uint16_t head, uint32_t written);
 
+  // Dirty-page logging while a migration runs (vhost-user "Migration"); off
+  // when `log` is null. push() then marks the bytes it says were written, in
+  // the chain's writable descriptors (`buffers`; false only for a device that
+  // marks them itself), and, with `used_gpa` (VHOST_VRING_F_LOG's
+  // log_guest_addr), the used-ring bytes push() and enable_notifications()
+  // store, at used_gpa plus their offset in the ring. setup() keeps it.
+  struct Logging {
+    const DirtyLog* log = nullptr;
+    bool buffers = true;
+    std::optional<uint64_t> used_gpa;
+  };
+  void set_logging(Logging l) { logging_ = l; }
+
   // After one or more push()es: whether the driver wants an interrupt
   // (VRING_AVAIL_F_NO_INTERRUPT, or used_event with EVENT_IDX).
   bool should_notify();
@@ -83,6 +97,8 @@ class DeviceQueue {
   Result<void> walk(uint16_t head, Chain& out) const;
   uint16_t next_head() const;  // the avail ring's entry at last_avail
   uint16_t read_avail_idx() const;
+  void log_used(uint64_t offset, uint64_t len) const;
+  void log_written(uint16_t head, uint32_t written) const;
 
   const GuestMemory* mem_ = nullptr;
   uint8_t* desc_ = nullptr;
@@ -94,6 +110,7 @@ class DeviceQueue {
   uint16_t used_idx_ = 0;
   uint16_t signalled_used_ = 0;
   bool signalled_valid_ = false;
+  Logging logging_{};
 };
 
 // Copy between a chain's segments and a flat buffer, starting `offset` bytes

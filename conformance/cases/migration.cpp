@@ -1,0 +1,169 @@
+// Live migration by dirty-page logging (vhost-user "Migration"): the log a
+// front-end shares with SET_LOG_BASE, and what a back-end must mark in it
+// once VHOST_F_LOG_ALL is negotiated.
+#include <fmt/format.h>
+
+#include <set>
+
+#include "common.h"
+#include "vhu/dirty_log.h"
+
+namespace conform {
+namespace {
+
+using vhu::DirtyLog;
+using vhu::FrontendReq;
+using vhu::Message;
+namespace pf = vhu::protocol_feature;
+
+constexpr uint32_t kLogGuestPort = 4700, kLogHostPort = 5700;
+
+// A log covering all of the guest's memory, as QEMU sizes it.
+DirtyLog make_log(Ctx& ctx) {
+  uint64_t end = 0;
+  for (const vhu::MemoryRegion& m : ctx.ram().regions()) end = std::max(end, m.guest_phys_addr + m.memory_size);
+  auto log = DirtyLog::create(DirtyLog::bytes_for(end));
+  if (!log) fail("a dirty log in a memfd", log.message());
+  return std::move(*log);
+}
+
+// SET_LOG_BASE as QEMU sends it (the fd, offset 0, no need_reply) and its reply.
+void set_log_base(Ctx& ctx, const DirtyLog& log) {
+  Message m = Message::request_with(req(FrontendReq::SET_LOG_BASE), vhu::LogPayload{log.size(), 0});
+  m.fds.emplace_back(::dup(log.fd().get()));
+  const Outcome o = ctx.fe().try_request(m);
+  ctx.note("SET_LOG_BASE: " + o.text);
+  check(o.kind == Outcome::Reply,
+        "a reply to SET_LOG_BASE (LOG_SHMFD negotiated, need_reply clear), which QEMU waits for before it goes on "
+        "with the migration",
+        o.text);
+}
+
+CONFORM_CASE(set_log_base_answered,
+             .id = "migration.set_log_base_answered",
+             .requirements = {"VU-LOG-BASE-REPLY"},
+             .summary = "with LOG_SHMFD negotiated, SET_LOG_BASE (the log's fd attached, need_reply clear) gets a "
+                        "reply carrying its request id; QEMU waits for it at the start of every migration",
+             .protocol_features = {pf::LOG_SHMFD}) {
+  ctx.handshake();
+  auto& fe = ctx.fe();
+  fe.set_features(*fe.offered_features & (vhu::bit(vhu::feature::VERSION_1) |
+                                          vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES)));
+  fe.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
+  const DirtyLog log = make_log(ctx);
+  set_log_base(ctx, log);
+  ctx.expect_alive("after SET_LOG_BASE");
+}
+
+// What the device wrote that the log must show: each byte range, and what it was.
+struct Written {
+  uint64_t gpa;
+  uint64_t len;
+  std::string what;
+};
+
+// The used-ring entries [from, to) of `q` and its idx, logged at `log_gpa`
+// (VHOST_VRING_F_LOG's log_guest_addr) plus their offset in the ring.
+void used_writes(std::vector<Written>& out, GuestQueue& q, const char* name, uint64_t log_gpa, uint16_t from,
+                 uint16_t to) {
+  if (from == to) return;
+  out.push_back({log_gpa + vhu::vring::kRingIdx, 2, fmt::format("{} used idx", name)});
+  for (uint16_t i = from; i != to; ++i)
+    out.push_back({log_gpa + vhu::vring::kRingEntries + 8ull * (i % q.size()), 8,
+                   fmt::format("{} used entry {}", name, i)});
+}
+
+// The first used_len bytes of each rx buffer, in its descriptors' order.
+void buffer_writes(std::vector<Written>& out, const std::vector<RxPacket>& rx) {
+  for (size_t k = 0; k < rx.size(); ++k) {
+    uint64_t left = rx[k].used_len;
+    for (const vhu::DriverBuffer& d : rx[k].descs) {
+      if (!d.writable || left == 0) continue;
+      const uint64_t n = std::min<uint64_t>(left, d.len);
+      out.push_back({d.gpa, n, fmt::format("rx buffer of packet {} (used len {})", k, rx[k].used_len)});
+      left -= n;
+    }
+  }
+}
+
+CONFORM_CASE(dirty_log_marks_writes,
+             .id = "migration.dirty_log_marks_writes",
+             .requirements = {"VU-LOG-BASE-REPLY", "VU-LOG-BUFFERS", "VU-LOG-USED-RING"},
+             .summary = "once logging starts as QEMU starts it (SET_LOG_BASE, SET_FEATURES with VHOST_F_LOG_ALL, "
+                        "SET_VRING_ADDR with VHOST_VRING_F_LOG), every page the device writes is marked: the rx "
+                        "buffers it fills, by guest-physical address, and the used entries of rx and tx, at "
+                        "log_guest_addr; read after the stop, as QEMU reads it",
+             .device = "vsock",
+             .protocol_features = {pf::LOG_SHMFD},
+             .features = {vhu::feature::LOG_ALL}) {
+  vhu::UniqueFd listener = ctx.host().listen(kLogHostPort);
+  QemuFrontend q = started(ctx);
+  auto& g = q.guest();
+  vhu::UniqueFd host = open_stream(ctx, g, kLogGuestPort, kLogHostPort, listener.get());
+  auto& fe = ctx.fe();
+  check(fe.protocol_negotiated(pf::LOG_SHMFD), "LOG_SHMFD negotiated", ctx.negotiated());
+
+  // QEMU 10's order on a running device (qemu-10.0-vhost-user-fs-migrate-restore.txt
+  // #28-#32): the log, LOG_ALL, then each ring's address again with the log flag
+  // and the used ring's guest-physical address.
+  DirtyLog log = make_log(ctx);
+  set_log_base(ctx, log);
+  const bool ack = fe.reply_ack();
+  fe.send_setter(Message::request_with(req(FrontendReq::SET_FEATURES),
+                                       q.acked_features() | vhu::bit(vhu::feature::LOG_ALL)),
+                 ack);
+  for (GuestQueue* r : {&g.rx(), &g.tx()}) {
+    vhu::VringAddr a = r->addr();
+    a.flags = vhu::kVringFlagLog;
+    a.log_guest_addr = r->dq().used_gpa();
+    fe.send_setter(Message::request_with(req(FrontendReq::SET_VRING_ADDR), a), ack);
+  }
+  // Only what the device writes from here on is judged.
+  log.clear();
+  const uint16_t rx0 = g.rx().used_idx(), tx0 = g.tx().used_idx();
+  std::vector<RxPacket> rx;
+  g.record_rx(&rx);
+
+  // Host to guest over several rx buffers, guest to host over several tx ones.
+  GuestConn& c = *g.conn(kLogGuestPort, kLogHostPort);
+  const std::string down(3 * VsockGuest::kBufSize, 'd'), up(2 * VsockGuest::kBufSize, 'u');
+  const size_t had = c.received.size();
+  check(write_all(host.get(), down), "the host program's write to reach the back-end", "write failed");
+  g.write(c, up);
+  const int ms = std::min(ctx.remaining_ms(), 3000);
+  check(g.wait_until([&] { return c.received.size() >= had + down.size(); }, ms),
+        fmt::format("{} bytes from the host on rx", down.size()),
+        fmt::format("{} after {} ms", c.received.size() - had, ms));
+  check(read_n(host.get(), up.size(), ms).size() == up.size(), fmt::format("{} bytes at the host", up.size()),
+        "fewer");
+  g.record_rx(nullptr);
+  // QEMU reads the log for the last time after the stop (ENABLE 0,
+  // GET_VRING_BASE): a back-end may mark a page after the entry is out.
+  q.stop();
+
+  std::vector<Written> writes;
+  buffer_writes(writes, rx);
+  used_writes(writes, g.rx(), "rx", g.rx().dq().used_gpa(), rx0, g.rx().used_idx());
+  used_writes(writes, g.tx(), "tx", g.tx().dq().used_gpa(), tx0, g.tx().used_idx());
+  std::set<uint64_t> pages, missing;
+  std::string first_missing;
+  for (const Written& w : writes) {
+    for (uint64_t p = w.gpa / DirtyLog::kPageSize; p <= (w.gpa + w.len - 1) / DirtyLog::kPageSize; ++p) {
+      pages.insert(p);
+      if (log.marked(p * DirtyLog::kPageSize) || !missing.insert(p).second || !first_missing.empty()) continue;
+      first_missing = fmt::format("page {:#x} ({}: {:#x}-{:#x})", p * DirtyLog::kPageSize, w.what, w.gpa,
+                                  w.gpa + w.len - 1);
+    }
+  }
+  ctx.note(fmt::format("{} rx packets, rx used entries {}-{}, tx used entries {}-{}: {} pages written, {} marked",
+                       rx.size(), rx0, g.rx().used_idx(), tx0, g.tx().used_idx(), pages.size(),
+                       pages.size() - missing.size()));
+  check(!rx.empty() && g.tx().used_idx() != tx0, "the device to write rx buffers and tx used entries while logging",
+        "nothing to judge");
+  check(missing.empty(), "every page the device wrote while logging marked in the log",
+        fmt::format("{} of {} pages unmarked, first {}; a migration would carry those pages stale", missing.size(),
+                    pages.size(), first_missing));
+}
+
+}  // namespace
+}  // namespace conform
