@@ -251,8 +251,8 @@ vhu::Result<uint64_t> Backend::set_mem_table(Ctx& c) {
 
 // The list of requests that need a reply names SET_LOG_BASE (with
 // LOG_SHMFD), and QEMU waits for one without setting need_reply, while the
-// request's own entry says "reply payload: N/A": the reply is a u64, 0 when
-// the log is mapped, as libvhost-user answers (QEMU checks only its id).
+// request's own entry says "reply payload: N/A". QEMU checks only the
+// reply's id; ours is a u64, 0 when the log is mapped.
 vhu::Result<uint64_t> Backend::set_log_base(Ctx& c) {
   auto p = vhu::payload_log(c.msg);
   if (!p) return p.error();
