@@ -97,6 +97,9 @@ class VsockGuest {
   std::optional<RxPacket> wait_rx(const std::function<bool(const RxPacket&)>& pred, int timeout_ms);
   // Polls until the condition holds, or timeout.
   bool wait_until(const std::function<bool()>& cond, int timeout_ms);
+  // Keeps polling for `ms` whatever arrives: time for the device to act on
+  // what it was given (and for its packets to reach backlog()).
+  void settle(int ms) { wait_until([] { return false; }, ms); }
   std::deque<RxPacket>& backlog() { return backlog_; }
   // While set, every packet poll_rx() takes is also appended to *sink.
   void record_rx(std::vector<RxPacket>* sink) { record_rx_ = sink; }

@@ -247,7 +247,7 @@ void use_one(Ctx& ctx, VsockGuest& g, GuestQueue& q, int host) {
   check(g.wait_until([&] { return q.used_idx() == target; }, ms),
         fmt::format("the back-end to use one {} buffer (used idx {})", ring_name(g, q), target),
         fmt::format("used idx {} after {} ms", q.used_idx(), ms));
-  g.wait_until([] { return false; }, ctx.cfg().quiet_window_ms);
+  g.settle(ctx.cfg().quiet_window_ms);
 }
 
 // The stream whose rx packets the cases count, and the guest it runs on.

@@ -434,7 +434,7 @@ CONFORM_CASE(credit_fields_valid,
   check(c.received == down, "the guest to receive the host's 20 KiB", first_difference(down, c.received));
   // Let the device report what it forwarded.
   g.send(g.hdr(Op::CREDIT_REQUEST, 8601, 8600));
-  g.wait_until([&] { return false; }, ctx.cfg().quiet_window_ms);
+  g.settle(ctx.cfg().quiet_window_ms);
   auto pkts = flow_packets(g, 8601, 8600);
   check(!pkts.empty(), "packets on the stream", "none");
   uint32_t last = 0;
@@ -482,7 +482,7 @@ CONFORM_CASE(tx_while_rx_full,
   check(got == first, fmt::format("the host to read the guest's first {} bytes while rx has no buffer", part),
         first_difference(first, got));
   g.send(g.hdr(Op::CREDIT_REQUEST, 8161, 8160));
-  g.wait_until([] { return false; }, ctx.cfg().quiet_window_ms);  // the device finds rx full
+  g.settle(ctx.cfg().quiet_window_ms);  // the device finds rx full
   g.write(c, second);
   got = read_n(host.get(), part, std::min(ctx.remaining_ms(), 2000));
   check(got == second,
@@ -954,7 +954,7 @@ CONFORM_CASE(ignored_credit_bounded,
     g.poll_rx();
     g.send(g.hdr(Op::RW, 9601, 9600), {reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()});
   }
-  g.wait_until([&] { return false; }, ctx.cfg().quiet_window_ms);
+  g.settle(ctx.cfg().quiet_window_ms);
   const uint64_t rss1 = vm_rss_kib(ctx.backend().pid());
   ctx.note(fmt::format("pushed {} KiB ignoring credit; VmRSS {} -> {} KiB", sent * chunk.size() / 1024, rss0, rss1));
   check(rss1 < rss0 + 8 * 1024, "resident memory bounded against a guest ignoring credit (growth < 8 MiB)",
