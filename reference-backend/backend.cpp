@@ -54,8 +54,8 @@ uint64_t Backend::offered_features() {
 
 uint64_t Backend::offered_protocol_features() {
   namespace p = vhu::protocol_feature;
-  return bit(p::MQ) | bit(p::LOG_SHMFD) | bit(p::REPLY_ACK) | bit(p::CONFIG) | bit(p::RESET_DEVICE) | bit(p::CONFIGURE_MEM_SLOTS) |
-         bit(p::STATUS) | bit(p::DEVICE_STATE);
+  return bit(p::MQ) | bit(p::LOG_SHMFD) | bit(p::REPLY_ACK) | bit(p::CONFIG) | bit(p::RESET_DEVICE) |
+         bit(p::CONFIGURE_MEM_SLOTS) | bit(p::STATUS) | bit(p::DEVICE_STATE);
 }
 
 // virtio 2.1.1: DEVICE_NEEDS_RESET "when it enters an error state that a
@@ -334,7 +334,8 @@ vhu::DeviceQueue::Logging Backend::logging_for(unsigned q) const {
   l.log = &log_;
   l.buffers = !VSOCKREF_FAULT(dirty_log_skips_buffers);
   const auto& a = rings_[q].addr;
-  if (a && (a->flags & vhu::kVringFlagLog) && !VSOCKREF_FAULT(dirty_log_skips_used_ring)) l.used_gpa = a->log_guest_addr;
+  if (a && (a->flags & vhu::kVringFlagLog) && !VSOCKREF_FAULT(dirty_log_skips_used_ring))
+    l.used_gpa = a->log_guest_addr;
   return l;
 }
 

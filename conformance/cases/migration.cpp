@@ -3,6 +3,7 @@
 // once VHOST_F_LOG_ALL is negotiated.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 
 #include "common.h"
@@ -125,7 +126,9 @@ CONFORM_CASE(dirty_log_marks_writes,
   g.record_rx(&rx);
 
   // Host to guest over several rx buffers, guest to host over several tx ones.
-  GuestConn& c = *g.conn(kLogGuestPort, kLogHostPort);
+  GuestConn* conn = g.conn(kLogGuestPort, kLogHostPort);
+  check(conn != nullptr, "the stream open on the guest's side", "no connection");
+  GuestConn& c = *conn;
   const std::string down(3 * VsockGuest::kBufSize, 'd'), up(2 * VsockGuest::kBufSize, 'u');
   const size_t had = c.received.size();
   check(write_all(host.get(), down), "the host program's write to reach the back-end", "write failed");

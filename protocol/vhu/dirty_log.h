@@ -35,8 +35,10 @@ class DirtyLog {
 
   bool valid() const { return bits_ != nullptr; }
   uint64_t size() const { return size_; }
-  // The guest-physical addresses the log covers: [0, covered()).
-  uint64_t covered() const { return size_ * 8 * kPageSize; }
+  // The guest-physical addresses the log covers: [0, covered()), saturating.
+  uint64_t covered() const {
+    return size_ > ~0ull / (8 * kPageSize) ? ~0ull : size_ * 8 * kPageSize;
+  }
   const UniqueFd& fd() const { return fd_; }
 
   // Marks every page [addr, addr + len) touches, atomically (the spec: the
