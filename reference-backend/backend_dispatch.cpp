@@ -549,6 +549,7 @@ vhu::Result<uint64_t> Backend::set_config(Ctx& c) {
   // the CID is this back-end's identity on the host side.
   const bool same = std::memcmp(cfg.data() + p->hdr.offset, p->data.data(), p->hdr.size) == 0;
   if (p->hdr.flags == vhu::kConfigFlagLiveMigration && same) return 0;
+  if (VSOCKREF_FAULT(ack_read_only_set_config)) return 0;
   VLOG(Warn, "{}: SET_CONFIG refused: guest_cid is read-only (field flags = {})", opts_.vsock.name, p->hdr.flags);
   return 1;
 }

@@ -78,6 +78,7 @@
   X(wait_for_kick_newest, "under the newest text a ring still waits for its first kick")            \
   X(rx_on_disabled_ring, "puts packets on the rx ring while it is disabled")                          \
   X(need_enable_without_protocol_features, "rings wait for SET_VRING_ENABLE even without bit 30 acked") \
+  X(ack_read_only_set_config, "acks SET_CONFIG of guest_cid with 0 whatever its flags (and keeps the CID)") \
   X(reserved_guest_cid, "GET_CONFIG of guest_cid's upper 32 bits (offset 4) shows them non-zero")    \
   X(corrupt_stream_at_64k, "alters the stream byte at offset 65536, in both directions")              \
   X(ignore_credit_request, "does not answer CREDIT_REQUEST with CREDIT_UPDATE")                       \

@@ -59,6 +59,26 @@ CONFORM_CASE(config_out_of_bounds,
   ctx.expect_alive("after an out-of-bounds GET_CONFIG");
 }
 
+CONFORM_CASE(set_config_read_only,
+             .id = "config.set_config_read_only",
+             .requirements = {"VU-SET-CONFIG-READ-ONLY", "VSOCK-CONFIG-CID", "VU-REPLY-ACK-VALUE", "VU-ERROR-CLOSE"},
+             .summary = "SET_CONFIG writing guest_cid (read-only) with flags 0, not the live-migration bit, is refused, "
+                        "and GET_CONFIG still reads the CID the back-end was given",
+             .device = "vsock",
+             .protocol_features = {pf::CONFIG}) {
+  ctx.handshake();
+  const uint64_t other = ctx.cid() + 1000;
+  std::vector<uint8_t> data(vs::kConfigSize);
+  std::memcpy(data.data(), &other, sizeof other);  // le64, and this runs little-endian only
+  auto m = vhu::make_config_message(req(FrontendReq::SET_CONFIG),
+                                    vhu::ConfigHeader{0, vs::kConfigSize, vhu::kConfigFlagWritable}, data, false);
+  if (expect_refused(ctx, std::move(m), fmt::format("SET_CONFIG guest_cid {} with flags 0 (not a migration)", other)))
+    return;
+  auto cid = vs::decode_config(ctx.fe().get_config(0, vs::kConfigSize));
+  check(cid.ok() && *cid == ctx.cid(), fmt::format("GET_CONFIG to read guest_cid {} still", ctx.cid()),
+        cid.ok() ? fmt::format("guest_cid {}: the write went through", *cid) : cid.message());
+}
+
 CONFORM_CASE(status_roundtrip,
              .id = "status.roundtrip",
              .requirements = {"VU-SET-STATUS", "VU-GET-STATUS"},
