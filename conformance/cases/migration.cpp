@@ -124,6 +124,11 @@ CONFORM_CASE(dirty_log_marks_writes,
   const uint16_t rx0 = g.rx().used_idx(), tx0 = g.tx().used_idx();
   std::vector<RxPacket> rx;
   g.record_rx(&rx);
+  // However the case ends: `rx` dies with the body, the guest outlives it.
+  struct StopRecording {
+    VsockGuest& g;
+    ~StopRecording() { g.record_rx(nullptr); }
+  } stop_recording{g};
 
   // Host to guest over several rx buffers, guest to host over several tx ones.
   GuestConn* conn = g.conn(kLogGuestPort, kLogHostPort);
