@@ -24,6 +24,11 @@ uint64_t qemu_acked_features(Ctx& ctx, const QemuOptions& o) {
   return f.offered_features.value_or(0) & want;
 }
 
+uint64_t minimal_features(const Frontend& fe) {
+  return fe.offered_features.value_or(0) &
+         (vhu::bit(vhu::feature::VERSION_1) | vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES));
+}
+
 QemuOptions without_mem_slots() {
   QemuOptions o;
   o.accept_protocol &= ~vhu::bit(vhu::protocol_feature::CONFIGURE_MEM_SLOTS);

@@ -42,6 +42,11 @@ QemuFrontend started(Ctx& ctx, QemuOptions o = {});
 // the back-end offers, and PROTOCOL_FEATURES when that was negotiated.
 uint64_t qemu_acked_features(Ctx& ctx, const QemuOptions& o = {});
 
+// Of what the back-end offered, VERSION_1 and PROTOCOL_FEATURES only: the
+// least a case can ack (libvhost-user exits on a feature set without
+// VERSION_1, ../shared/INTEROP.md).
+uint64_t minimal_features(const Frontend& fe);
+
 // QEMU 7.2 told no to CONFIGURE_MEM_SLOTS, so that its memory goes in one
 // SET_MEM_TABLE at every start.
 QemuOptions without_mem_slots();

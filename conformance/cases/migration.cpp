@@ -48,8 +48,7 @@ CONFORM_CASE(set_log_base_answered,
              .protocol_features = {pf::LOG_SHMFD}) {
   ctx.handshake();
   auto& fe = ctx.fe();
-  fe.set_features(*fe.offered_features & (vhu::bit(vhu::feature::VERSION_1) |
-                                          vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES)));
+  fe.set_features(minimal_features(fe));
   fe.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
   const DirtyLog log = make_log(ctx);
   set_log_base(ctx, log);
@@ -124,7 +123,7 @@ CONFORM_CASE(dirty_log_marks_writes,
   const uint16_t rx0 = g.rx().used_idx(), tx0 = g.tx().used_idx();
   std::vector<RxPacket> rx;
   g.record_rx(&rx);
-  // However the case ends: `rx` dies with the body, the guest outlives it.
+  // Until the case ends, however it ends: `rx` dies with the body, the guest outlives it.
   struct StopRecording {
     VsockGuest& g;
     ~StopRecording() { g.record_rx(nullptr); }
@@ -144,7 +143,6 @@ CONFORM_CASE(dirty_log_marks_writes,
         fmt::format("{} after {} ms", c.received.size() - had, ms));
   check(read_n(host.get(), up.size(), ms).size() == up.size(), fmt::format("{} bytes at the host", up.size()),
         "fewer");
-  g.record_rx(nullptr);
   // QEMU reads the log for the last time after the stop (ENABLE 0,
   // GET_VRING_BASE): a back-end may mark a page after the entry is out.
   q.stop();

@@ -25,8 +25,7 @@ CONFORM_CASE(every_request,
     q.start();
     q.stop();
   } else {
-    uint64_t f = *fe.offered_features & (vhu::bit(vhu::feature::VERSION_1) |
-                                         vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES));
+    uint64_t f = minimal_features(fe);
     fe.set_features(f);
     fe.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
     GuestQueue q(ctx.ram(), 0, 64, false, 0);

@@ -156,8 +156,7 @@ void long_payload(Ctx& ctx, const BadPayload& b) {
   // message and answers it.
   std::vector<uint8_t> p(b.bytes, 0);
   if (b.request == FrontendReq::SET_FEATURES) {
-    const uint64_t f = *fe.offered_features & (vhu::bit(vhu::feature::VERSION_1) |
-                                               vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES));
+    const uint64_t f = minimal_features(fe);
     std::memcpy(p.data(), &f, 8);
   } else {
     const vhu::VringState s{0, b.request == FrontendReq::SET_VRING_NUM ? 64u : 0u};

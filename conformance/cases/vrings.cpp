@@ -62,8 +62,7 @@ CONFORM_CASE(addr_outside_memory,
              .protocol_features = {pf::REPLY_ACK}) {
   ctx.handshake();
   auto& fe = ctx.fe();
-  fe.set_features(*fe.offered_features & (vhu::bit(vhu::feature::VERSION_1) |
-                                          vhu::bit(vhu::feature::VHOST_USER_F_PROTOCOL_FEATURES)));
+  fe.set_features(minimal_features(fe));
   fe.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
   GuestQueue q(ctx.ram(), 0, 64, false, 1);
   fe.set_vring_num(0, 64);
