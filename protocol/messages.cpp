@@ -195,6 +195,12 @@ Result<InflightPayload> payload_inflight(const Message& m) {
 }
 Result<LogPayload> payload_log(const Message& m) { return exact<LogPayload>(Plane::Frontend, m, "log"); }
 
+uint64_t gpa_end(std::span<const MemoryRegion> regions) {
+  uint64_t end = 0;
+  for (const MemoryRegion& r : regions) end = std::max(end, r.guest_phys_addr + r.memory_size);
+  return end;
+}
+
 Result<std::vector<MemoryRegion>> payload_memory_table(const Message& m) {
   const std::string name = request_name(Plane::Frontend, m.hdr.request);
   constexpr size_t kHead = offsetof(MemoryTable, regions);

@@ -81,6 +81,12 @@ TEST(Messages, MemoryTableSizes) {
   EXPECT_FALSE(payload_memory_table(tiny).ok());
 }
 
+TEST(Messages, GpaEndIsTheHighestRegionEndWhateverTheOrder) {
+  EXPECT_EQ(gpa_end({}), 0u);
+  const std::vector<MemoryRegion> r{{0x1'0000'0000, 0x20'0000, 0x7000'0000, 0}, {0, 0x10'0000, 0x8000'0000, 0}};
+  EXPECT_EQ(gpa_end(r), 0x1'0020'0000u);
+}
+
 TEST(Messages, ConfigSizes) {
   const uint8_t data[8] = {3, 0, 0, 0, 0, 0, 0, 0};
   Message m = make_config_message(static_cast<uint32_t>(FrontendReq::GET_CONFIG), {0, 8, 0}, data, true);

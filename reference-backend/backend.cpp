@@ -334,8 +334,11 @@ vhu::DeviceQueue::Logging Backend::logging_for(unsigned q) const {
   l.log = &log_;
   l.buffers = !VSOCKREF_FAULT(dirty_log_skips_buffers);
   const auto& a = rings_[q].addr;
-  if (a && (a->flags & vhu::kVringFlagLog) && !VSOCKREF_FAULT(dirty_log_skips_used_ring))
+  if (a && (a->flags & vhu::kVringFlagLog) && !VSOCKREF_FAULT(dirty_log_skips_used_ring)) {
     l.used_gpa = a->log_guest_addr;
+    if (VSOCKREF_FAULT(dirty_log_used_ring_by_ring_address))
+      if (auto g = mem_.uva_to_gpa(a->used_user_addr)) l.used_gpa = *g;
+  }
   return l;
 }
 

@@ -263,8 +263,7 @@ vhu::Result<uint64_t> Backend::set_log_base(Ctx& c) {
     result = 1;
   } else {
     log_ = std::move(*log);
-    uint64_t end = 0;
-    for (const vhu::MemoryRegion& m : mem_.regions()) end = std::max(end, m.guest_phys_addr + m.memory_size);
+    const uint64_t end = vhu::gpa_end(mem_.regions());
     if (end > log_.covered())
       VLOG(Warn, "{}: SET_LOG_BASE: the log covers guest addresses below {:#x}, guest memory reaches {:#x}; writes "
                  "beyond go unmarked",

@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
+#include <string_view>
 
 #include "common.h"
 #include "vhu/dirty_log.h"
@@ -18,12 +20,12 @@ using vhu::Message;
 namespace pf = vhu::protocol_feature;
 
 constexpr uint32_t kLogGuestPort = 4700, kLogHostPort = 5700;
+// log_guest_addr placed past guest memory starts on a boundary of this.
+constexpr uint64_t kLogShiftAlign = 1 << 20;
 
-// A log covering all of the guest's memory, as QEMU sizes it.
-DirtyLog make_log(Ctx& ctx) {
-  uint64_t end = 0;
-  for (const vhu::MemoryRegion& m : ctx.ram().regions()) end = std::max(end, m.guest_phys_addr + m.memory_size);
-  auto log = DirtyLog::create(DirtyLog::bytes_for(end));
+// A log covering all of the guest's memory, as QEMU sizes it, and `end`.
+DirtyLog make_log(Ctx& ctx, uint64_t end = 0) {
+  auto log = DirtyLog::create(DirtyLog::bytes_for(std::max(end, vhu::gpa_end(ctx.ram().regions()))));
   if (!log) fail("a dirty log in a memfd", log.message());
   return std::move(*log);
 }
@@ -86,16 +88,18 @@ void buffer_writes(std::vector<Written>& out, const std::vector<RxPacket>& rx) {
   }
 }
 
-CONFORM_CASE(dirty_log_marks_writes,
-             .id = "migration.dirty_log_marks_writes",
-             .requirements = {"VU-LOG-BASE-REPLY", "VU-LOG-BUFFERS", "VU-LOG-USED-RING"},
-             .summary = "once logging starts as QEMU starts it (SET_LOG_BASE, SET_FEATURES with VHOST_F_LOG_ALL, "
-                        "SET_VRING_ADDR with VHOST_VRING_F_LOG), every page the device writes is marked: the rx "
-                        "buffers it fills, by guest-physical address, and the used entries of rx and tx, at "
-                        "log_guest_addr; read after the stop, as QEMU reads it",
-             .device = "vsock",
-             .protocol_features = {pf::LOG_SHMFD},
-             .features = {vhu::feature::LOG_ALL}) {
+// A stream moved both ways while the device logs, logging started as QEMU
+// starts it on a running device, and what the device wrote meanwhile.
+struct LoggedRun {
+  DirtyLog log;
+  std::vector<Written> buffers;  // the rx buffers' written bytes, by gpa
+  std::vector<Written> used;     // rx and tx used entries and idx, at log_guest_addr
+  std::string what;              // how much was moved, for the report
+};
+
+// `log_addr(ring)`: the log_guest_addr the ring's SET_VRING_ADDR carries;
+// the log covers guest memory and `log_end`.
+LoggedRun logged_exchange(Ctx& ctx, const std::function<uint64_t(GuestQueue&)>& log_addr, uint64_t log_end) {
   vhu::UniqueFd listener = ctx.host().listen(kLogHostPort);
   QemuFrontend q = started(ctx);
   auto& g = q.guest();
@@ -104,10 +108,9 @@ CONFORM_CASE(dirty_log_marks_writes,
   check(fe.protocol_negotiated(pf::LOG_SHMFD), "LOG_SHMFD negotiated", ctx.negotiated());
 
   // QEMU 10's order on a running device (qemu-10.0-vhost-user-fs-migrate-restore.txt
-  // #28-#32): the log, LOG_ALL, then each ring's address again with the log flag
-  // and the used ring's guest-physical address.
-  DirtyLog log = make_log(ctx);
-  set_log_base(ctx, log);
+  // #28-#32): the log, LOG_ALL, then each ring's address again with the log flag.
+  LoggedRun run{make_log(ctx, log_end), {}, {}, {}};
+  set_log_base(ctx, run.log);
   const bool ack = fe.reply_ack();
   fe.send_setter(Message::request_with(req(FrontendReq::SET_FEATURES),
                                        q.acked_features() | vhu::bit(vhu::feature::LOG_ALL)),
@@ -115,15 +118,15 @@ CONFORM_CASE(dirty_log_marks_writes,
   for (GuestQueue* r : {&g.rx(), &g.tx()}) {
     vhu::VringAddr a = r->addr();
     a.flags = vhu::kVringFlagLog;
-    a.log_guest_addr = r->dq().used_gpa();
+    a.log_guest_addr = log_addr(*r);
     fe.send_setter(Message::request_with(req(FrontendReq::SET_VRING_ADDR), a), ack);
   }
   // Only what the device writes from here on is judged.
-  log.clear();
+  run.log.clear();
   const uint16_t rx0 = g.rx().used_idx(), tx0 = g.tx().used_idx();
   std::vector<RxPacket> rx;
   g.record_rx(&rx);
-  // Until the case ends, however it ends: `rx` dies with the body, the guest outlives it.
+  // Until the exchange ends, however it ends: `rx` dies with it, the guest outlives it.
   struct StopRecording {
     VsockGuest& g;
     ~StopRecording() { g.record_rx(nullptr); }
@@ -147,28 +150,69 @@ CONFORM_CASE(dirty_log_marks_writes,
   // GET_VRING_BASE): a back-end may mark a page after the entry is out.
   q.stop();
 
-  std::vector<Written> writes;
-  buffer_writes(writes, rx);
-  used_writes(writes, g.rx(), "rx", g.rx().dq().used_gpa(), rx0, g.rx().used_idx());
-  used_writes(writes, g.tx(), "tx", g.tx().dq().used_gpa(), tx0, g.tx().used_idx());
+  check(!rx.empty() && g.tx().used_idx() != tx0, "the device to write rx buffers and tx used entries while logging",
+        "nothing to judge");
+  buffer_writes(run.buffers, rx);
+  used_writes(run.used, g.rx(), "rx", log_addr(g.rx()), rx0, g.rx().used_idx());
+  used_writes(run.used, g.tx(), "tx", log_addr(g.tx()), tx0, g.tx().used_idx());
+  run.what = fmt::format("{} rx packets, rx used entries {}-{}, tx used entries {}-{}", rx.size(), rx0,
+                         g.rx().used_idx(), tx0, g.tx().used_idx());
+  return run;
+}
+
+// Every page `writes` touch must be marked in the log.
+void check_marked(Ctx& ctx, const LoggedRun& run, const std::vector<Written>& writes, std::string_view what) {
   std::set<uint64_t> pages, missing;
   std::string first_missing;
   for (const Written& w : writes) {
     for (uint64_t p = w.gpa / DirtyLog::kPageSize; p <= (w.gpa + w.len - 1) / DirtyLog::kPageSize; ++p) {
       pages.insert(p);
-      if (log.marked(p * DirtyLog::kPageSize) || !missing.insert(p).second || !first_missing.empty()) continue;
+      if (run.log.marked(p * DirtyLog::kPageSize) || !missing.insert(p).second || !first_missing.empty()) continue;
       first_missing = fmt::format("page {:#x} ({}: {:#x}-{:#x})", p * DirtyLog::kPageSize, w.what, w.gpa,
                                   w.gpa + w.len - 1);
     }
   }
-  ctx.note(fmt::format("{} rx packets, rx used entries {}-{}, tx used entries {}-{}: {} pages written, {} marked",
-                       rx.size(), rx0, g.rx().used_idx(), tx0, g.tx().used_idx(), pages.size(),
-                       pages.size() - missing.size()));
-  check(!rx.empty() && g.tx().used_idx() != tx0, "the device to write rx buffers and tx used entries while logging",
-        "nothing to judge");
-  check(missing.empty(), "every page the device wrote while logging marked in the log",
+  ctx.note(fmt::format("{}: {} pages written, {} marked", run.what, pages.size(), pages.size() - missing.size()));
+  check(missing.empty(), fmt::format("every page of {} marked in the log", what),
         fmt::format("{} of {} pages unmarked, first {}; a migration would carry those pages stale", missing.size(),
                     pages.size(), first_missing));
+}
+
+CONFORM_CASE(dirty_log_marks_writes,
+             .id = "migration.dirty_log_marks_writes",
+             .requirements = {"VU-LOG-BASE-REPLY", "VU-LOG-BUFFERS", "VU-LOG-USED-RING"},
+             .summary = "once logging starts as QEMU starts it (SET_LOG_BASE, SET_FEATURES with VHOST_F_LOG_ALL, "
+                        "SET_VRING_ADDR with VHOST_VRING_F_LOG), every page the device writes is marked: the rx "
+                        "buffers it fills, by guest-physical address, and the used entries of rx and tx, at "
+                        "log_guest_addr; read after the stop, as QEMU reads it",
+             .device = "vsock",
+             .protocol_features = {pf::LOG_SHMFD},
+             .features = {vhu::feature::LOG_ALL}) {
+  // As QEMU: log_guest_addr is the used ring's guest-physical address.
+  const LoggedRun run = logged_exchange(
+      ctx, [](GuestQueue& r) { return r.dq().used_gpa(); }, 0);
+  std::vector<Written> all = run.buffers;
+  all.insert(all.end(), run.used.begin(), run.used.end());
+  check_marked(ctx, run, all, "what the device wrote while logging");
+}
+
+CONFORM_CASE(dirty_log_used_ring_at_log_guest_addr,
+             .id = "migration.dirty_log_used_ring_at_log_guest_addr",
+             .requirements = {"VU-LOG-BASE-REPLY", "VU-LOG-USED-RING"},
+             .summary = "used-ring writes are logged at log_guest_addr, not at the ring's own address: with "
+                        "log_guest_addr outside the memory table (the text allows it), the used entries of rx and "
+                        "tx are marked there",
+             .device = "vsock",
+             .protocol_features = {pf::LOG_SHMFD},
+             .features = {vhu::feature::LOG_ALL}) {
+  // Past every region, keeping each ring's offset in its page, so that no
+  // translation of the ring's address can land on it.
+  const uint64_t end = vhu::gpa_end(ctx.ram().regions());
+  const uint64_t shift = (end + kLogShiftAlign - 1) / kLogShiftAlign * kLogShiftAlign;
+  ctx.note(fmt::format("log_guest_addr = the used ring's guest-physical address + {:#x}", shift));
+  const LoggedRun run = logged_exchange(
+      ctx, [shift](GuestQueue& r) { return r.dq().used_gpa() + shift; }, shift + end);
+  check_marked(ctx, run, run.used, "the used entries and idx at log_guest_addr");
 }
 
 }  // namespace

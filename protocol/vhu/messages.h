@@ -201,6 +201,11 @@ struct MemoryRegion {
   uint64_t mmap_offset;
 };
 
+// One past the highest guest-physical address of `regions` (0 for none): the
+// end of what a dirty log must cover ("from address 0 to the maximum of guest
+// regions").
+uint64_t gpa_end(std::span<const MemoryRegion> regions);
+
 struct MemoryTable {
   uint32_t nregions;
   uint32_t padding;
