@@ -291,6 +291,20 @@ void Frontend::set_status(uint64_t s) { send_setter(Message::request_with(id(Fro
 
 void Frontend::reset_device() { send_setter(Message::empty(id(FrontendReq::RESET_DEVICE))); }
 
+void Frontend::set_log_base(const vhu::DirtyLog& log) {
+  check(protocol_negotiated(vhu::protocol_feature::LOG_SHMFD), "LOG_SHMFD negotiated before SET_LOG_BASE",
+        "not negotiated");
+  Message m = Message::request_with(id(FrontendReq::SET_LOG_BASE), vhu::LogPayload{log.size(), 0});
+  const int fd = fcntl(log.fd().get(), F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) fail("a dup of the log's fd for SET_LOG_BASE", std::strerror(errno));
+  m.fds.emplace_back(fd);
+  const Outcome o = try_request(m);
+  check(o.kind == Outcome::Reply,
+        "a reply to SET_LOG_BASE (LOG_SHMFD negotiated, need_reply clear), which QEMU waits for before it goes on "
+        "with the migration",
+        o.text);
+}
+
 void Frontend::set_backend_req_fd() {
   auto p = vhu::socket_pair();
   if (!p) fail("a socketpair for SET_BACKEND_REQ_FD", p.message());

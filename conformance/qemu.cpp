@@ -96,6 +96,32 @@ std::array<uint32_t, 2> QemuFrontend::stop() {
   return bases;
 }
 
+bool QemuFrontend::can_log() const {
+  const Frontend& f = ctx_.fe();
+  return f.protocol_negotiated(pf::LOG_SHMFD) &&
+         vhu::has_bit(f.offered_features.value_or(0), vhu::feature::LOG_ALL);
+}
+
+void QemuFrontend::start_logging(const vhu::DirtyLog& log, const std::function<uint64_t(GuestQueue&)>& log_addr) {
+  auto& f = ctx_.fe();
+  auto& g = guest();
+  check(can_log(), "LOG_SHMFD negotiated and VHOST_F_LOG_ALL offered, for QEMU to migrate the device",
+        ctx_.negotiated());
+  f.set_log_base(log);
+  // QEMU 10 asks for an ack of both (REPLY_ACK negotiated).
+  const bool ack = f.reply_ack();
+  f.send_setter(vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_FEATURES), acked_ | vhu::bit(vhu::feature::LOG_ALL)),
+                ack);
+  // QEMU re-reads the status after SET_FEATURES; FEATURES_OK is already set.
+  if (f.protocol_negotiated(pf::STATUS)) f.get_status();
+  for (GuestQueue* q : {&g.rx(), &g.tx()}) {
+    vhu::VringAddr a = q->addr();
+    a.flags = vhu::kVringFlagLog;
+    a.log_guest_addr = log_addr ? log_addr(*q) : q->dq().used_gpa();
+    f.send_setter(vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_VRING_ADDR), a), ack);
+  }
+}
+
 void QemuFrontend::guest_reset() {
   auto& g = guest();
   g.reset_rings(1, 0);

@@ -6,8 +6,10 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 
 #include "case.h"
+#include "vhu/dirty_log.h"
 
 namespace conform {
 
@@ -41,6 +43,16 @@ class QemuFrontend {
   std::array<uint32_t, 2> stop();
   // Guest driver reset: new ring memory, bases 0 (guest-reset trace #35-#51).
   void guest_reset();
+  // Migration begins on a running device, as QEMU 10 begins it
+  // (qemu-10.0-vhost-user-fs-migrate-restore.txt #28-#32): SET_LOG_BASE,
+  // SET_FEATURES with VHOST_F_LOG_ALL, GET_STATUS, each ring's address again
+  // with VHOST_VRING_F_LOG and log_guest_addr = log_addr(ring), which QEMU
+  // sets to the used ring's guest-physical address (the default). Needs
+  // LOG_SHMFD negotiated and LOG_ALL offered.
+  void start_logging(const vhu::DirtyLog& log, const std::function<uint64_t(GuestQueue&)>& log_addr = {});
+  // Whether QEMU could migrate this back-end: it refuses to without LOG_ALL
+  // and LOG_SHMFD (hw/virtio/vhost.c, vhost-user.c migration blockers).
+  bool can_log() const;
 
   VsockGuest& guest();
   Frontend& fe() { return ctx_.fe(); }

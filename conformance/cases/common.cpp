@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <thread>
 
 namespace conform {
@@ -9,6 +10,12 @@ namespace conform {
 namespace vs = vhu::vsock;
 
 uint32_t req(vhu::FrontendReq r) { return static_cast<uint32_t>(r); }
+
+vhu::DirtyLog make_dirty_log(Ctx& ctx, uint64_t end) {
+  auto log = vhu::DirtyLog::create(vhu::DirtyLog::bytes_for(std::max(end, vhu::gpa_end(ctx.ram().regions()))));
+  if (!log) fail("a dirty log in a memfd", log.message());
+  return std::move(*log);
+}
 
 QemuFrontend started(Ctx& ctx, QemuOptions o) {
   QemuFrontend q(ctx, o);

@@ -41,6 +41,16 @@ struct Source {
 Source run_source(Ctx& ctx, QemuOptions o = qemu10()) {
   QemuFrontend q = started(ctx, o);
   tx_consume(ctx, q.guest(), 3, "on the source");
+  // QEMU migrates a vhost-user device only with LOG_ALL and LOG_SHMFD, and
+  // starts logging before it stops the rings (fs migrate-restore trace #28-#32).
+  std::optional<vhu::DirtyLog> log;
+  if (q.can_log()) {
+    log = make_dirty_log(ctx);
+    q.start_logging(*log);
+  } else {
+    ctx.note("no dirty logging on the source: QEMU would refuse to migrate a back-end without VHOST_F_LOG_ALL and "
+             "LOG_SHMFD");
+  }
   Source s;
   s.bases = q.stop();
   s.blob = save_device_state(ctx);

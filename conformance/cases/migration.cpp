@@ -23,25 +23,6 @@ constexpr uint32_t kLogGuestPort = 4700, kLogHostPort = 5700;
 // log_guest_addr placed past guest memory starts on a boundary of this.
 constexpr uint64_t kLogShiftAlign = 1 << 20;
 
-// A log covering all of the guest's memory, as QEMU sizes it, and `end`.
-DirtyLog make_log(Ctx& ctx, uint64_t end = 0) {
-  auto log = DirtyLog::create(DirtyLog::bytes_for(std::max(end, vhu::gpa_end(ctx.ram().regions()))));
-  if (!log) fail("a dirty log in a memfd", log.message());
-  return std::move(*log);
-}
-
-// SET_LOG_BASE as QEMU sends it (the fd, offset 0, no need_reply) and its reply.
-void set_log_base(Ctx& ctx, const DirtyLog& log) {
-  Message m = Message::request_with(req(FrontendReq::SET_LOG_BASE), vhu::LogPayload{log.size(), 0});
-  m.fds.emplace_back(::dup(log.fd().get()));
-  const Outcome o = ctx.fe().try_request(m);
-  ctx.note("SET_LOG_BASE: " + o.text);
-  check(o.kind == Outcome::Reply,
-        "a reply to SET_LOG_BASE (LOG_SHMFD negotiated, need_reply clear), which QEMU waits for before it goes on "
-        "with the migration",
-        o.text);
-}
-
 CONFORM_CASE(set_log_base_answered,
              .id = "migration.set_log_base_answered",
              .requirements = {"VU-LOG-BASE-REPLY"},
@@ -52,8 +33,8 @@ CONFORM_CASE(set_log_base_answered,
   auto& fe = ctx.fe();
   fe.set_features(minimal_features(fe));
   fe.set_mem_table(ctx.ram().regions(), ctx.ram().dup_fds());
-  const DirtyLog log = make_log(ctx);
-  set_log_base(ctx, log);
+  const DirtyLog log = make_dirty_log(ctx);
+  fe.set_log_base(log);
   ctx.expect_alive("after SET_LOG_BASE");
 }
 
@@ -104,23 +85,8 @@ LoggedRun logged_exchange(Ctx& ctx, const std::function<uint64_t(GuestQueue&)>& 
   QemuFrontend q = started(ctx);
   auto& g = q.guest();
   vhu::UniqueFd host = open_stream(ctx, g, kLogGuestPort, kLogHostPort, listener.get());
-  auto& fe = ctx.fe();
-  check(fe.protocol_negotiated(pf::LOG_SHMFD), "LOG_SHMFD negotiated", ctx.negotiated());
-
-  // QEMU 10's order on a running device (qemu-10.0-vhost-user-fs-migrate-restore.txt
-  // #28-#32): the log, LOG_ALL, then each ring's address again with the log flag.
-  LoggedRun run{make_log(ctx, log_end), {}, {}, {}};
-  set_log_base(ctx, run.log);
-  const bool ack = fe.reply_ack();
-  fe.send_setter(Message::request_with(req(FrontendReq::SET_FEATURES),
-                                       q.acked_features() | vhu::bit(vhu::feature::LOG_ALL)),
-                 ack);
-  for (GuestQueue* r : {&g.rx(), &g.tx()}) {
-    vhu::VringAddr a = r->addr();
-    a.flags = vhu::kVringFlagLog;
-    a.log_guest_addr = log_addr(*r);
-    fe.send_setter(Message::request_with(req(FrontendReq::SET_VRING_ADDR), a), ack);
-  }
+  LoggedRun run{make_dirty_log(ctx, log_end), {}, {}, {}};
+  q.start_logging(run.log, log_addr);  // QEMU 10's order on a running device
   // Only what the device writes from here on is judged.
   run.log.clear();
   const uint16_t rx0 = g.rx().used_idx(), tx0 = g.tx().used_idx();
