@@ -294,7 +294,7 @@ void Frontend::reset_device() { send_setter(Message::empty(id(FrontendReq::RESET
 void Frontend::set_log_base(const vhu::DirtyLog& log) {
   check(protocol_negotiated(vhu::protocol_feature::LOG_SHMFD), "LOG_SHMFD negotiated before SET_LOG_BASE",
         "not negotiated");
-  Message m = Message::request_with(id(FrontendReq::SET_LOG_BASE), vhu::LogPayload{log.size(), 0});
+  Message m = Message::request_with(id(FrontendReq::SET_LOG_BASE), vhu::LogPayload{log.size(), log.offset()});
   const int fd = fcntl(log.fd().get(), F_DUPFD_CLOEXEC, 3);
   if (fd < 0) fail("a dup of the log's fd for SET_LOG_BASE", std::strerror(errno));
   m.fds.emplace_back(fd);

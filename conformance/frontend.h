@@ -76,9 +76,9 @@ class Frontend {
   uint64_t get_status();
   void set_status(uint64_t s);
   void reset_device();
-  // SET_LOG_BASE as QEMU sends it: a dup of the log's fd, offset 0, no
-  // need_reply. Needs LOG_SHMFD, with which QEMU waits for a reply: its
-  // absence fails.
+  // SET_LOG_BASE as QEMU sends it: a dup of the log's fd, its offset (QEMU's
+  // is 0), no need_reply. Needs LOG_SHMFD, with which QEMU waits for a
+  // reply: its absence fails.
   void set_log_base(const vhu::DirtyLog& log);
   // SET_BACKEND_REQ_FD with a fresh socketpair; our end becomes backend_req().
   void set_backend_req_fd();

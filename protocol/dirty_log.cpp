@@ -15,7 +15,8 @@ namespace vhu {
 
 DirtyLog::DirtyLog(DirtyLog&& o) noexcept
     : map_(std::exchange(o.map_, nullptr)), map_len_(std::exchange(o.map_len_, 0)),
-      bits_(std::exchange(o.bits_, nullptr)), size_(std::exchange(o.size_, 0)), fd_(std::move(o.fd_)) {}
+      bits_(std::exchange(o.bits_, nullptr)), size_(std::exchange(o.size_, 0)),
+      offset_(std::exchange(o.offset_, 0)), fd_(std::move(o.fd_)) {}
 
 DirtyLog& DirtyLog::operator=(DirtyLog&& o) noexcept {
   if (this != &o) {
@@ -24,6 +25,7 @@ DirtyLog& DirtyLog::operator=(DirtyLog&& o) noexcept {
     map_len_ = std::exchange(o.map_len_, 0);
     bits_ = std::exchange(o.bits_, nullptr);
     size_ = std::exchange(o.size_, 0);
+    offset_ = std::exchange(o.offset_, 0);
     fd_ = std::move(o.fd_);
   }
   return *this;
@@ -62,16 +64,19 @@ Result<DirtyLog> DirtyLog::map(const UniqueFd& fd, uint64_t size, uint64_t offse
   log.map_len_ = static_cast<size_t>(len);
   log.bits_ = static_cast<uint8_t*>(m) + lead;
   log.size_ = size;
+  log.offset_ = offset;
   return log;
 }
 
-Result<DirtyLog> DirtyLog::create(uint64_t size) {
+Result<DirtyLog> DirtyLog::create(uint64_t size, uint64_t offset) {
   UniqueFd fd(::memfd_create("vhu-dirty-log", MFD_CLOEXEC));
   if (!fd) return Err(fmt::format("log: memfd_create: {}", std::strerror(errno)), ErrorKind::Io);
-  if (size > static_cast<uint64_t>(std::numeric_limits<off_t>::max()) ||
-      ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0)
-    return Err(fmt::format("log: ftruncate to {:#x} bytes: {}", size, std::strerror(errno)), ErrorKind::Io);
-  auto log = map(fd, size, 0);
+  const auto max = static_cast<uint64_t>(std::numeric_limits<off_t>::max());
+  if (size > max || offset > max - size)
+    return Err(fmt::format("log: offset {:#x} + size {:#x} exceeds a file's largest size", offset, size));
+  if (::ftruncate(fd.get(), static_cast<off_t>(offset + size)) != 0)
+    return Err(fmt::format("log: ftruncate to {:#x} bytes: {}", offset + size, std::strerror(errno)), ErrorKind::Io);
+  auto log = map(fd, size, offset);
   if (!log) return log.error();
   log->fd_ = std::move(fd);
   return log;

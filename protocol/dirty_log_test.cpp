@@ -59,5 +59,23 @@ TEST(DirtyLog, MapRefusesWhatTheFileDoesNotHold) {
   EXPECT_TRUE(log->marked(24 * 8 * DirtyLog::kPageSize));
 }
 
+TEST(DirtyLog, CreatedAtAnOffsetTheFileHoldsTheLogThere) {
+  auto log = DirtyLog::create(16, 4096);
+  ASSERT_TRUE(log.ok()) << log.message();
+  EXPECT_EQ(log->offset(), 4096u);
+  EXPECT_EQ(log->size(), 16u);
+  // A back-end mapping what SET_LOG_BASE says shares its bits...
+  auto peer = DirtyLog::map(log->fd(), log->size(), log->offset());
+  ASSERT_TRUE(peer.ok()) << peer.message();
+  peer->mark(0x3000, 1);
+  EXPECT_TRUE(log->marked(0x3000));
+  // ...and one that ignores the offset marks bytes before the log.
+  auto wrong = DirtyLog::map(log->fd(), log->size(), 0);
+  ASSERT_TRUE(wrong.ok());
+  wrong->mark(0x5000, 1);
+  EXPECT_FALSE(log->marked(0x5000));
+  EXPECT_FALSE(DirtyLog::create(16, ~0ull - 8).ok());
+}
+
 }  // namespace
 }  // namespace vhu

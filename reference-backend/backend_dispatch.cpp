@@ -258,10 +258,15 @@ vhu::Result<uint64_t> Backend::set_log_base(Ctx& c) {
   if (!p) return p.error();
   if (c.msg.fds.size() != 1) return vhu::Err("SET_LOG_BASE: no fd attached for the log");
   uint64_t result = 0;
-  if (auto log = vhu::DirtyLog::map(c.msg.fds[0], p->mmap_size, p->mmap_offset); !log) {
+  const uint64_t offset = VSOCKREF_FAULT(ignore_log_offset) ? 0 : p->mmap_offset;
+  if (auto log = vhu::DirtyLog::map(c.msg.fds[0], p->mmap_size, offset); !log) {
     VLOG(Warn, "{}: SET_LOG_BASE refused: {}", opts_.vsock.name, log.message());
     result = 1;
+  } else if (VSOCKREF_FAULT(keep_first_log) && log_.valid()) {
+    VLOG(Debug, "{}: SET_LOG_BASE: fault keep_first_log, the new log is dropped", opts_.vsock.name);
   } else {
+    // A front-end switches logs while logging (QEMU's vhost_dev_log_resize),
+    // then reads and frees the old one: from here on only this one is marked.
     log_ = std::move(*log);
     const uint64_t end = vhu::gpa_end(mem_.regions());
     if (end > log_.covered())

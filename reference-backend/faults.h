@@ -71,6 +71,8 @@
   X(no_log_base_reply, "SET_LOG_BASE gets no reply, as its entry's \"reply payload: N/A\" reads alone") \
   X(dirty_log_skips_buffers, "while logging, marks used-ring writes but not the guest buffers it writes") \
   X(dirty_log_skips_used_ring, "while logging, marks the guest buffers it writes but not the used ring") \
+  X(keep_first_log, "a second SET_LOG_BASE is answered, but marks still go to the first log")        \
+  X(ignore_log_offset, "maps SET_LOG_BASE's log from the start of its fd, whatever mmap_offset says")   \
   X(dirty_log_used_ring_by_ring_address, "while logging, marks used-ring writes at the ring's gpa, not at log_guest_addr") \
   X(keep_call_fd_on_nofd, "SET_VRING_CALL with the invalid-FD flag keeps signalling the old call fd") \
   X(keep_replaced_call_fd, "after SET_VRING_CALL with a new fd, the one it replaced is signalled too") \

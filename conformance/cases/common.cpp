@@ -11,8 +11,9 @@ namespace vs = vhu::vsock;
 
 uint32_t req(vhu::FrontendReq r) { return static_cast<uint32_t>(r); }
 
-vhu::DirtyLog make_dirty_log(Ctx& ctx, uint64_t end) {
-  auto log = vhu::DirtyLog::create(vhu::DirtyLog::bytes_for(std::max(end, vhu::gpa_end(ctx.ram().regions()))));
+vhu::DirtyLog make_dirty_log(Ctx& ctx, uint64_t end, uint64_t offset) {
+  auto log =
+      vhu::DirtyLog::create(vhu::DirtyLog::bytes_for(std::max(end, vhu::gpa_end(ctx.ram().regions()))), offset);
   if (!log) fail("a dirty log in a memfd", log.message());
   return std::move(*log);
 }

@@ -48,8 +48,8 @@ uint64_t qemu_acked_features(Ctx& ctx, const QemuOptions& o = {});
 uint64_t minimal_features(const Frontend& fe);
 
 // A dirty log in a memfd covering guest memory, as QEMU sizes it, and
-// guest-physical addresses below `end`.
-vhu::DirtyLog make_dirty_log(Ctx& ctx, uint64_t end = 0);
+// guest-physical addresses below `end`; it starts `offset` bytes into the file.
+vhu::DirtyLog make_dirty_log(Ctx& ctx, uint64_t end = 0, uint64_t offset = 0);
 
 // QEMU 7.2 told no to CONFIGURE_MEM_SLOTS, so that its memory goes in one
 // SET_MEM_TABLE at every start.

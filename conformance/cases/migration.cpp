@@ -7,6 +7,7 @@
 #include <functional>
 #include <set>
 #include <string_view>
+#include <utility>
 
 #include "common.h"
 #include "vhu/dirty_log.h"
@@ -22,6 +23,9 @@ namespace pf = vhu::protocol_feature;
 constexpr uint32_t kLogGuestPort = 4700, kLogHostPort = 5700;
 // log_guest_addr placed past guest memory starts on a boundary of this.
 constexpr uint64_t kLogShiftAlign = 1 << 20;
+// Where the switched-to log starts in its file: page-aligned, since
+// libvhost-user hands the offset to mmap as it is.
+constexpr uint64_t kLogSwitchOffset = 4096;
 
 CONFORM_CASE(set_log_base_answered,
              .id = "migration.set_log_base_answered",
@@ -72,23 +76,28 @@ void buffer_writes(std::vector<Written>& out, const std::vector<RxPacket>& rx) {
 // A stream moved both ways while the device logs, logging started as QEMU
 // starts it on a running device, and what the device wrote meanwhile.
 struct LoggedRun {
-  DirtyLog log;
+  DirtyLog log;                  // the log in use while the data moved
+  DirtyLog first;                // the one it replaced, if the case switched logs
   std::vector<Written> buffers;  // the rx buffers' written bytes, by gpa
   std::vector<Written> used;     // rx and tx used entries and idx, at log_guest_addr
   std::string what;              // how much was moved, for the report
 };
 
 // `log_addr(ring)`: the log_guest_addr the ring's SET_VRING_ADDR carries;
-// the log covers guest memory and `log_end`.
-LoggedRun logged_exchange(Ctx& ctx, const std::function<uint64_t(GuestQueue&)>& log_addr, uint64_t log_end) {
+// the log covers guest memory and `log_end`. `then` runs once logging has
+// started, before any data moves.
+LoggedRun logged_exchange(Ctx& ctx, const std::function<uint64_t(GuestQueue&)>& log_addr, uint64_t log_end,
+                          const std::function<void(LoggedRun&)>& then = {}) {
   vhu::UniqueFd listener = ctx.host().listen(kLogHostPort);
   QemuFrontend q = started(ctx);
   auto& g = q.guest();
   vhu::UniqueFd host = open_stream(ctx, g, kLogGuestPort, kLogHostPort, listener.get());
-  LoggedRun run{make_dirty_log(ctx, log_end), {}, {}, {}};
+  LoggedRun run{make_dirty_log(ctx, log_end), {}, {}, {}, {}};
   q.start_logging(run.log, log_addr);  // QEMU 10's order on a running device
+  if (then) then(run);
   // Only what the device writes from here on is judged.
   run.log.clear();
+  if (run.first.valid()) run.first.clear();
   const uint16_t rx0 = g.rx().used_idx(), tx0 = g.tx().used_idx();
   std::vector<RxPacket> rx;
   g.record_rx(&rx);
@@ -139,9 +148,16 @@ void check_marked(Ctx& ctx, const LoggedRun& run, const std::vector<Written>& wr
     }
   }
   ctx.note(fmt::format("{}: {} pages written, {} marked", run.what, pages.size(), pages.size() - missing.size()));
+  std::string elsewhere;
+  if (run.first.valid()) {
+    const auto n = std::count_if(missing.begin(), missing.end(),
+                                 [&](uint64_t p) { return run.first.marked(p * DirtyLog::kPageSize); });
+    if (n > 0)
+      elsewhere = fmt::format(" ({} of them marked in the log it replaced, which the front-end no longer reads)", n);
+  }
   check(missing.empty(), fmt::format("every page of {} marked in the log", what),
-        fmt::format("{} of {} pages unmarked, first {}; a migration would carry those pages stale", missing.size(),
-                    pages.size(), first_missing));
+        fmt::format("{} of {} pages unmarked{}, first {}; a migration would carry those pages stale", missing.size(),
+                    pages.size(), elsewhere, first_missing));
 }
 
 CONFORM_CASE(dirty_log_marks_writes,
@@ -179,6 +195,31 @@ CONFORM_CASE(dirty_log_used_ring_at_log_guest_addr,
   const LoggedRun run = logged_exchange(
       ctx, [shift](GuestQueue& r) { return r.dq().used_gpa() + shift; }, shift + end);
   check_marked(ctx, run, run.used, "the used entries and idx at log_guest_addr");
+}
+
+CONFORM_CASE(log_base_switch,
+             .id = "migration.log_base_switch",
+             .requirements = {"VU-LOG-BASE-REPLY", "VU-LOG-BASE-SWITCH", "VU-LOG-OFFSET"},
+             .summary = "a second SET_LOG_BASE while logging (QEMU's log resize: a bigger log, no ring address "
+                        "after it) takes over: what the device writes next is marked in the new log, at the "
+                        "mmap_offset it gives",
+             .device = "vsock",
+             .protocol_features = {pf::LOG_SHMFD},
+             .features = {vhu::feature::LOG_ALL}) {
+  const LoggedRun run = logged_exchange(
+      ctx, [](GuestQueue& r) { return r.dq().used_gpa(); }, 0,
+      [&](LoggedRun& r) {
+        // Twice the size, as a resize for more memory; one page into its
+        // file, which QEMU never does and the text allows.
+        DirtyLog bigger = make_dirty_log(ctx, 2 * vhu::gpa_end(ctx.ram().regions()), kLogSwitchOffset);
+        ctx.fe().set_log_base(bigger);
+        r.first = std::exchange(r.log, std::move(bigger));
+        ctx.note(fmt::format("the log switched: {:#x} bytes at offset {:#x} of a new fd", r.log.size(),
+                             r.log.offset()));
+      });
+  std::vector<Written> all = run.buffers;
+  all.insert(all.end(), run.used.begin(), run.used.end());
+  check_marked(ctx, run, all, "what the device wrote after the switch");
 }
 
 }  // namespace

@@ -27,14 +27,17 @@ class DirtyLog {
   // mapping beyond its file raises SIGBUS, which a front-end must not be able
   // to cause.
   static Result<DirtyLog> map(const UniqueFd& fd, uint64_t size, uint64_t offset);
-  // A zeroed log of `size` bytes in a fresh memfd, which fd() hands out.
-  static Result<DirtyLog> create(uint64_t size);
+  // A zeroed log of `size` bytes at `offset` in a fresh memfd, which fd()
+  // hands out (with offset() for SET_LOG_BASE's mmap_offset).
+  static Result<DirtyLog> create(uint64_t size, uint64_t offset = 0);
   // Bytes a log needs to cover guest-physical addresses below `end`, in
   // whole u64 words as QEMU allocates it.
   static uint64_t bytes_for(uint64_t end);
 
   bool valid() const { return bits_ != nullptr; }
   uint64_t size() const { return size_; }
+  // Where the log starts in its file.
+  uint64_t offset() const { return offset_; }
   // The guest-physical addresses the log covers: [0, covered()), saturating.
   uint64_t covered() const {
     return size_ > ~0ull / (8 * kPageSize) ? ~0ull : size_ * 8 * kPageSize;
@@ -54,6 +57,7 @@ class DirtyLog {
   size_t map_len_ = 0;
   uint8_t* bits_ = nullptr;
   uint64_t size_ = 0;
+  uint64_t offset_ = 0;
   UniqueFd fd_;
 };
 
