@@ -16,8 +16,6 @@ namespace conform {
 namespace {
 
 using vhu::DirtyLog;
-using vhu::FrontendReq;
-using vhu::Message;
 namespace pf = vhu::protocol_feature;
 
 constexpr uint32_t kLogGuestPort = 4700, kLogHostPort = 5700;
@@ -72,6 +70,9 @@ void buffer_writes(std::vector<Written>& out, const std::vector<RxPacket>& rx) {
     }
   }
 }
+
+// QEMU's log_guest_addr: the used ring's guest-physical address.
+uint64_t used_ring_gpa(GuestQueue& r) { return r.dq().used_gpa(); }
 
 // A stream moved both ways while the device logs, logging started as QEMU
 // starts it on a running device, and what the device wrote meanwhile.
@@ -170,9 +171,7 @@ CONFORM_CASE(dirty_log_marks_writes,
              .device = "vsock",
              .protocol_features = {pf::LOG_SHMFD},
              .features = {vhu::feature::LOG_ALL}) {
-  // As QEMU: log_guest_addr is the used ring's guest-physical address.
-  const LoggedRun run = logged_exchange(
-      ctx, [](GuestQueue& r) { return r.dq().used_gpa(); }, 0);
+  const LoggedRun run = logged_exchange(ctx, used_ring_gpa, 0);
   std::vector<Written> all = run.buffers;
   all.insert(all.end(), run.used.begin(), run.used.end());
   check_marked(ctx, run, all, "what the device wrote while logging");
@@ -207,8 +206,7 @@ CONFORM_CASE(log_base_switch,
              .protocol_features = {pf::LOG_SHMFD},
              .features = {vhu::feature::LOG_ALL}) {
   const LoggedRun run = logged_exchange(
-      ctx, [](GuestQueue& r) { return r.dq().used_gpa(); }, 0,
-      [&](LoggedRun& r) {
+      ctx, used_ring_gpa, 0, [&](LoggedRun& r) {
         // Twice the size, as a resize for more memory; one page into its
         // file, which QEMU never does and the text allows.
         DirtyLog bigger = make_dirty_log(ctx, 2 * vhu::gpa_end(ctx.ram().regions()), kLogSwitchOffset);
