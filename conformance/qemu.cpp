@@ -110,7 +110,8 @@ void QemuFrontend::start_logging(const vhu::DirtyLog& log, const std::function<u
   f.set_log_base(log);
   // QEMU 10 asks for an ack of both (REPLY_ACK negotiated).
   const bool ack = f.reply_ack();
-  f.send_setter(vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_FEATURES), acked_ | vhu::bit(vhu::feature::LOG_ALL)),
+  const auto id = [](FrontendReq r) { return static_cast<uint32_t>(r); };
+  f.send_setter(vhu::Message::request_with(id(FrontendReq::SET_FEATURES), acked_ | vhu::bit(vhu::feature::LOG_ALL)),
                 ack);
   // QEMU re-reads the status after SET_FEATURES; FEATURES_OK is already set.
   if (f.protocol_negotiated(pf::STATUS)) f.get_status();
@@ -118,7 +119,7 @@ void QemuFrontend::start_logging(const vhu::DirtyLog& log, const std::function<u
     vhu::VringAddr a = q->addr();
     a.flags = vhu::kVringFlagLog;
     a.log_guest_addr = log_addr ? log_addr(*q) : q->dq().used_gpa();
-    f.send_setter(vhu::Message::request_with(static_cast<uint32_t>(FrontendReq::SET_VRING_ADDR), a), ack);
+    f.send_setter(vhu::Message::request_with(id(FrontendReq::SET_VRING_ADDR), a), ack);
   }
 }
 
